@@ -1,0 +1,36 @@
+# MSaaS: `make run` starts the whole stack on this machine and separates a sample; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run up test lint format bench data clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## the embedded stack; separates data/short-mix.mp3 into out/ once it is up; Ctrl-C stops it
+	$(VENV)/bin/msaas up --try data/short-mix.mp3
+
+up: $(STAMP)  ## the embedded stack alone
+	$(VENV)/bin/msaas up
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check msaas tests data *.py
+	$(VENV)/bin/ruff format --check msaas tests data *.py
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format msaas tests data *.py
+	$(VENV)/bin/ruff check --fix msaas tests data *.py
+
+data: $(STAMP)  ## regenerate the sample songs in data/
+	$(PY) data/make_samples.py
+
+clean:
+	rm -rf var out separated .pytest_cache

@@ -1,0 +1,152 @@
+"""Audio in and out through PyAV: sample-exact decode of anything FFmpeg reads, gapless MP3/WAV/FLAC stems."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+FORMATS = {  # output format -> (container, codec, sample format, file extension, content type)
+    "mp3": ("mp3", "libmp3lame", "fltp", "mp3", "audio/mpeg"),
+    "wav": ("wav", "pcm_s16le", "s16", "wav", "audio/wav"),
+    "flac": ("flac", "flac", "s16", "flac", "audio/flac"),
+}
+BITRATES = (96, 128, 160, 192, 224, 256, 320)
+DEFAULT_BITRATE = 320
+
+
+class NotAudio(ValueError):
+    """The bytes are not audio that FFmpeg can decode."""
+
+
+class TooLong(ValueError):
+    """The audio is longer than the configured maximum."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    samples: int
+    sample_rate: int
+    channels: int
+    codec: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sample_rate
+
+
+class Decoder:
+    """The first audio stream of a file, decoded to planar float32 blocks at its own rate; a context manager."""
+
+    def __init__(self, path: Path, max_duration_s: float | None = None):
+        try:
+            self.container = av.open(str(path), "r")
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            raise NotAudio(f"not an audio file FFmpeg can read ({exc.__class__.__name__})") from None
+        if not self.container.streams.audio:
+            self.container.close()
+            raise NotAudio("the file holds no audio stream")
+        self.stream = self.container.streams.audio[0]
+        self.rate = self.stream.codec_context.sample_rate
+        self.channels = self.stream.codec_context.channels
+        self.codec = self.stream.codec_context.name
+        if not self.rate or not self.channels:
+            self.container.close()
+            raise NotAudio("the audio stream has no sample rate or channels")
+        self.max_duration_s = max_duration_s
+        claimed = float(self.container.duration / av.time_base) if self.container.duration else None
+        if max_duration_s and claimed and claimed > max_duration_s * 1.05:
+            self.container.close()
+            raise TooLong(f"the audio lasts {claimed:.0f} s, more than the {max_duration_s:.0f} s allowed")
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.container.close()
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """[channels, n] blocks (mono stays mono; more than two channels are mixed down to stereo)."""
+        limit = int(self.max_duration_s * self.rate) if self.max_duration_s else None
+        # Same rate in and out: swresample only changes layout and format, so no delay is added.
+        resampler = av.AudioResampler(format="fltp", layout="mono" if self.channels == 1 else "stereo", rate=self.rate)
+        total = 0
+        try:
+            for frame in self.container.decode(self.stream):
+                for out in resampler.resample(frame):
+                    block = out.to_ndarray()
+                    total += block.shape[1]
+                    if limit and total > limit:
+                        raise TooLong(f"the audio is longer than the {self.max_duration_s:.0f} s allowed")
+                    yield block
+            for out in resampler.resample(None):
+                yield out.to_ndarray()
+        except av.FFmpegError as exc:
+            raise NotAudio(f"the audio could not be decoded ({exc.__class__.__name__})") from None
+
+
+def probe(path: Path, max_duration_s: float | None = None) -> AudioInfo:
+    """Decode the whole file without keeping it: the exact sample count, or NotAudio/TooLong."""
+    with Decoder(path, max_duration_s) as decoder:
+        samples = sum(block.shape[1] for block in decoder.blocks())
+        if samples == 0:
+            raise NotAudio("the file decodes to no audio at all")
+        return AudioInfo(samples, decoder.rate, decoder.channels, decoder.codec)
+
+
+def decode(path: Path, max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
+    """The whole file as float32 [2, samples] (mono is duplicated) and its sample rate."""
+    with Decoder(path, max_duration_s) as decoder:
+        blocks = list(decoder.blocks())
+        rate = decoder.rate
+    if not blocks:
+        raise NotAudio("the file decodes to no audio at all")
+    wave = np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+    if wave.shape[0] == 1:
+        wave = np.repeat(wave, 2, axis=0)
+    return wave, rate
+
+
+class StemWriter:
+    """Encodes one stem incrementally; call `write` with [channels, n] float32 blocks, then `close`."""
+
+    def __init__(self, path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE, channels: int = 2):
+        container_name, codec, self.sample_format, _, _ = FORMATS[fmt]
+        self.sample_rate = sample_rate
+        self.layout = "stereo" if channels == 2 else "mono"
+        self.container = av.open(str(path), "w", format=container_name)
+        self.stream = self.container.add_stream(codec, rate=sample_rate, layout=self.layout)
+        if fmt == "mp3":
+            self.stream.bit_rate = bitrate_kbps * 1000
+        self.pts = 0
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.clip(block, -1.0, 1.0)
+        if self.sample_format == "s16":
+            data = np.ascontiguousarray((block.T * 32767.0).round().astype(np.int16)).reshape(1, -1)
+        else:
+            data = np.ascontiguousarray(block, dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(data, format=self.sample_format, layout=self.layout)
+        frame.sample_rate = self.sample_rate
+        frame.pts = self.pts
+        self.pts += block.shape[1]
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+        self.container.close()
+
+
+def encode(path: Path, audio: np.ndarray, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE) -> None:
+    writer = StemWriter(path, sample_rate, fmt, bitrate_kbps, channels=audio.shape[0])
+    try:
+        step = sample_rate * 10
+        for start in range(0, audio.shape[1], step):
+            writer.write(audio[:, start : start + step])
+    finally:
+        writer.close()

@@ -1,0 +1,177 @@
+"""The `msaas` command: a thin shell over the library (up | rest | worker | logs | fetch-model | separate | status | queue)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import logbus
+from .config import ConfigError, Settings
+
+
+def _connect(settings: Settings):
+    from .jobs import connect
+
+    return connect(settings.redis_url)
+
+
+def cmd_rest(settings: Settings, args) -> int:
+    from .rest.server import RestServer
+
+    logbus.setup("rest", settings.hostname, _connect(settings), settings.log_level, settings.log_stdout)
+    RestServer(settings, workers=args.workers).run()
+    return 0
+
+
+def cmd_worker(settings: Settings, args) -> int:
+    from .storage import open_store
+    from .worker import Worker
+
+    client = _connect(settings)
+    logbus.setup("worker", settings.hostname, client, settings.log_level, settings.log_stdout)
+    worker = Worker(settings, client, open_store(settings))
+    worker.install_signal_handlers()
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_logs(settings: Settings, args) -> int:
+    from .logs import tail
+
+    try:
+        tail(_connect(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_up(settings: Settings, args) -> int:
+    from .embedded import up
+
+    logbus.setup("up", settings.hostname, None, settings.log_level)
+    root = Path(args.dir)
+    if "STORAGE_DIR" not in os.environ:
+        settings = settings.with_(storage_dir=root / "storage")
+    return up(settings, root, [Path(p) for p in args.try_files], Path(args.out))
+
+
+def cmd_fetch_model(settings: Settings, args) -> int:
+    from .fetch import fetch_model
+
+    logbus.setup("fetch", settings.hostname, None, settings.log_level)
+    try:
+        fetch_model(args.name, Path(args.dir))
+    except Exception as exc:
+        print(f"msaas fetch-model: could not fetch {args.name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _client(args):
+    from .client import Client
+
+    return Client(args.server or os.environ.get("REST") or "localhost:5000")
+
+
+def cmd_separate(settings: Settings, args) -> int:
+    from .client import ApiError
+
+    client = _client(args)
+    code = 0
+    for song in map(Path, args.files):
+        if not song.is_file():
+            print(f"{song}: no such file", file=sys.stderr)
+            code = 2
+            continue
+        choices = {"two_stems": args.two_stems, "format": args.format, "bitrate": args.bitrate}
+        try:
+            if not args.wait:
+                print(json.dumps({"file": str(song), **client.submit(song, args.model, **choices)}))
+                continue
+
+            def show(status, name=song.name):
+                print(
+                    f"\r{name}: {status['state']:8} {status.get('stage', ''):12} {status['progress'] * 100:5.1f}%",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+            stems = client.separate(song, Path(args.out), args.model, on_status=show, **choices)
+            print(file=sys.stderr)
+            for track, path in stems.items():
+                print(f"{track}\t{path}")
+        except (ApiError, OSError, TimeoutError) as exc:
+            print(f"\n{song}: {exc}", file=sys.stderr)
+            code = 1
+    return code
+
+
+def cmd_status(settings: Settings, args) -> int:
+    print(json.dumps(_client(args).status(args.hash), indent=2))
+    return 0
+
+
+def cmd_queue(settings: Settings, args) -> int:
+    print(json.dumps(_client(args).queue(), indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msaas", description="Music separation as a service.")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="the whole stack on this machine, until Ctrl-C")
+    up.add_argument("--dir", default="var", help="where Redis data and the local object store live (default var/)")
+    up.add_argument(
+        "--try", dest="try_files", nargs="*", default=[], metavar="SONG", help="separate these songs once the stack is up"
+    )
+    up.add_argument("--out", default="out", help="where --try puts the stems (default out/)")
+    up.set_defaults(run=cmd_up)
+    rest = sub.add_parser("rest", help="the REST server (gunicorn)")
+    rest.add_argument("--workers", type=int, default=2)
+    rest.set_defaults(run=cmd_rest)
+    sub.add_parser("worker", help="a separation worker").set_defaults(run=cmd_worker)
+    sub.add_parser("logs", help="print the logging list").set_defaults(run=cmd_logs)
+    fetch = sub.add_parser("fetch-model", help="download a Demucs model into a directory for DEMUCS_REPO")
+    fetch.add_argument("name")
+    fetch.add_argument("dir")
+    fetch.set_defaults(run=cmd_fetch_model)
+    sep = sub.add_parser("separate", help="send songs to a server; with --wait, download their stems")
+    sep.add_argument("files", nargs="+")
+    sep.add_argument("--model")
+    sep.add_argument("--two-stems", dest="two_stems")
+    sep.add_argument("--format", choices=["mp3", "wav", "flac"])
+    sep.add_argument("--bitrate", type=int)
+    sep.add_argument("--wait", action="store_true", help="wait for the stems and download them")
+    sep.add_argument("--out", default="separated")
+    sep.set_defaults(run=cmd_separate)
+    for name, fn, extra in (("status", cmd_status, "hash"), ("queue", cmd_queue, None)):
+        cmd = sub.add_parser(name)
+        if extra:
+            cmd.add_argument(extra)
+        cmd.set_defaults(run=fn)
+    for cmd in (sep, *[sub.choices[n] for n in ("status", "queue")]):
+        cmd.add_argument("--server", help="host:port or URL of the REST server (default $REST or localhost:5000)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"msaas: {exc}", file=sys.stderr)
+        return 2
+    logging.captureWarnings(True)
+    return args.run(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""A client of the REST API: upload a song, wait for its stems, download them."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+def base_url(server: str) -> str:
+    return server.rstrip("/") if "://" in server else f"http://{server.rstrip('/')}"
+
+
+class Client:
+    def __init__(self, server: str = "localhost:5000", timeout_s: float = 300):
+        self.base = base_url(server)
+        self.http = requests.Session()
+        self.timeout = timeout_s
+
+    def _check(self, response: requests.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:200]}
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body.get("error", response.reason))
+        return body
+
+    def submit(self, path: Path, model: str | None = None, multipart: bool = False, **choices) -> dict:
+        fields = {k: v for k, v in {"model": model, **choices}.items() if v is not None}
+        url = f"{self.base}/apiv1/separate"
+        if multipart:
+            with open(path, "rb") as song:
+                return self._check(self.http.post(url, files={"mp3": (Path(path).name, song)}, data=fields, timeout=self.timeout))
+        fields["mp3"] = base64.b64encode(Path(path).read_bytes()).decode()
+        return self._check(self.http.post(url, json=fields, timeout=self.timeout))
+
+    def status(self, songhash: str) -> dict:
+        return self._check(self.http.get(f"{self.base}/apiv1/status/{songhash}", timeout=30))
+
+    def queue(self) -> list[str]:
+        return self._check(self.http.get(f"{self.base}/apiv1/queue", timeout=30))["queue"]
+
+    def models(self) -> dict:
+        return self._check(self.http.get(f"{self.base}/apiv1/models", timeout=30))
+
+    def wait(self, songhash: str, timeout_s: float = 3600, on_status: Callable[[dict], None] = lambda s: None) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.status(songhash)
+            on_status(status)
+            if status["state"] in ("done", "failed"):
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{songhash} still {status['state']} after {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+    def download(self, songhash: str, track: str, dest: Path) -> Path:
+        with self.http.get(f"{self.base}/apiv1/track/{songhash}/{track}", stream=True, timeout=self.timeout) as response:
+            if response.status_code >= 400:
+                self._check(response)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "wb") as out:
+                for block in response.iter_content(1 << 20):
+                    out.write(block)
+        return dest
+
+    def separate(
+        self, path: Path, out_dir: Path, model: str | None = None, on_status=lambda s: None, **choices
+    ) -> dict[str, Path]:
+        """Upload, wait, download every stem into out_dir/<song name>/<track>.<ext>."""
+        songhash = self.submit(path, model, **choices)["hash"]
+        status = self.wait(songhash, on_status=on_status)
+        if status["state"] != "done":
+            raise ApiError(422, f"separation of {path} failed: {status.get('error')}")
+        ext = status["options"].get("format", "mp3")
+        return {t: self.download(songhash, t, out_dir / Path(path).stem / f"{t}.{ext}") for t in status["tracks"]}

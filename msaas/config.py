@@ -1,0 +1,137 @@
+"""Every environment variable MSaaS reads is read here, once, into a frozen Settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class ConfigError(ValueError):
+    """A setting has a value MSaaS cannot use."""
+
+
+def _port(value: str, name: str) -> int:
+    # Kubernetes injects REDIS_PORT=tcp://10.x.y.z:6379 when a Service named redis exists.
+    if "://" in value:
+        value = value.rsplit(":", 1)[-1]
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a port number, not {value!r}") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{name} must be between 1 and 65535, not {port}")
+    return port
+
+
+def _flag(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://localhost:6379/0"
+    minio_host: str | None = None
+    minio_access_key: str = "rootuser"
+    minio_secret_key: str = "rootpass123"
+    minio_secure: bool = False
+    storage_dir: Path = Path("var/storage")
+    demucs_model: str = "htdemucs"
+    demucs_repo: Path | None = None
+    port: int = 5000
+    max_upload_bytes: int = 100 * 1024 * 1024
+    max_duration_s: float = 30 * 60.0
+    callback_secret: str | None = None
+    callback_allow_private: bool = False
+    callback_timeout_s: float = 10.0
+    job_max_attempts: int = 3
+    heartbeat_ttl_s: int = 30
+    device: str = "auto"
+    torch_threads: int = 0  # 0: as many as the CPUs this process may use
+    hostname: str = field(default_factory=socket.gethostname)
+    log_level: str = "INFO"
+    log_stdout: bool = True  # off under `msaas up`, where the logs tail prints every line once
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        redis_url = env.get("REDIS_URL")
+        if not redis_url:
+            host = env.get("REDIS_HOST") or "localhost"
+            port = _port(env.get("REDIS_PORT") or "6379", "REDIS_PORT")
+            redis_url = f"redis://{host}:{port}/0"
+        elif urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {redis_url!r}")
+        repo = env.get("DEMUCS_REPO")
+        return cls(
+            redis_url=redis_url,
+            minio_host=env.get("MINIO_HOST") or None,
+            minio_access_key=env.get("MINIO_ACCESS_KEY", cls.minio_access_key),
+            minio_secret_key=env.get("MINIO_SECRET_KEY", cls.minio_secret_key),
+            minio_secure=_flag(env.get("MINIO_SECURE")),
+            storage_dir=Path(env.get("STORAGE_DIR") or cls.storage_dir),
+            demucs_model=env.get("DEMUCS_MODEL") or cls.demucs_model,
+            demucs_repo=Path(repo) if repo else None,
+            port=_port(env.get("PORT") or "5000", "PORT"),
+            max_upload_bytes=int(_number(env, "MAX_UPLOAD_MB", 100) * 1024 * 1024),
+            max_duration_s=_number(env, "MAX_DURATION_S", cls.max_duration_s),
+            callback_secret=env.get("CALLBACK_SECRET") or None,
+            callback_allow_private=_flag(env.get("CALLBACK_ALLOW_PRIVATE")),
+            callback_timeout_s=_number(env, "CALLBACK_TIMEOUT_S", cls.callback_timeout_s),
+            job_max_attempts=int(_number(env, "JOB_MAX_ATTEMPTS", cls.job_max_attempts)),
+            heartbeat_ttl_s=int(_number(env, "HEARTBEAT_TTL_S", cls.heartbeat_ttl_s)),
+            device=env.get("DEMUCS_DEVICE") or cls.device,
+            torch_threads=int(_number(env, "TORCH_THREADS", 0)),
+            hostname=env.get("HOSTNAME") or socket.gethostname(),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            log_stdout=_flag(env.get("LOG_STDOUT"), default=True),
+        )
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` give these settings back (for child processes)."""
+        env = {
+            "REDIS_URL": self.redis_url,
+            "STORAGE_DIR": str(self.storage_dir),
+            "DEMUCS_MODEL": self.demucs_model,
+            "PORT": str(self.port),
+            "MAX_UPLOAD_MB": repr(self.max_upload_bytes / (1024 * 1024)),
+            "MAX_DURATION_S": repr(self.max_duration_s),
+            "CALLBACK_ALLOW_PRIVATE": "1" if self.callback_allow_private else "0",
+            "CALLBACK_TIMEOUT_S": repr(self.callback_timeout_s),
+            "JOB_MAX_ATTEMPTS": str(self.job_max_attempts),
+            "HEARTBEAT_TTL_S": str(self.heartbeat_ttl_s),
+            "DEMUCS_DEVICE": self.device,
+            "TORCH_THREADS": str(self.torch_threads),
+            "LOG_LEVEL": self.log_level,
+            "LOG_STDOUT": "1" if self.log_stdout else "0",
+        }
+        if self.minio_host:
+            env.update(
+                MINIO_HOST=self.minio_host,
+                MINIO_ACCESS_KEY=self.minio_access_key,
+                MINIO_SECRET_KEY=self.minio_secret_key,
+                MINIO_SECURE="1" if self.minio_secure else "0",
+            )
+        if self.demucs_repo:
+            env["DEMUCS_REPO"] = str(self.demucs_repo)
+        if self.callback_secret:
+            env["CALLBACK_SECRET"] = self.callback_secret
+        return env

@@ -1,0 +1,159 @@
+"""`msaas up`: the whole stack on one machine (Redis, local-directory store, rest, one worker, logs tail)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from . import models, redisproc
+from .config import Settings
+
+log = logging.getLogger("msaas.up")
+COMPONENTS = ("logs", "rest", "worker")
+MODEL_HOSTS = (("huggingface.co", 443), ("dl.fbaipublicfiles.com", 443))
+
+
+def _online(timeout_s: float = 3.0) -> bool:
+    for host, port in MODEL_HOSTS:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def choose_default_model(settings: Settings) -> tuple[str, str | None]:
+    """The model the stack will serve by default, and a line to say when it is not the one asked for."""
+    wanted = settings.demucs_model
+    if models.available(wanted, settings.demucs_repo):
+        return wanted, None
+    if settings.demucs_repo is None and wanted in models.CATALOG and _online():
+        return wanted, f"model {wanted} is not cached: the worker downloads it on first use"
+    if models.available(models.SPLEETER):
+        return models.SPLEETER, (
+            f"model {wanted} is not available offline, so the default model is {models.SPLEETER} (bundled, vocals + accompaniment); "
+            f"for 4 stems run `msaas fetch-model {wanted} models/` and start again with DEMUCS_REPO=models"
+        )
+    return (
+        wanted,
+        f"model {wanted} is not available offline: jobs will fail until its weights are in DEMUCS_REPO (`msaas fetch-model`)",
+    )
+
+
+class Stack:
+    def __init__(self, settings: Settings, root: Path):
+        self.settings = settings
+        self.root = root
+        self.children: dict[str, subprocess.Popen] = {}
+        self.redis: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        port = int(self.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+        log.info("starting redis-server on port %d (data in %s)", port, self.root / "redis")
+        self.redis = redisproc.start(port, self.root / "redis")
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        env.pop("MINIO_HOST", None)
+        for name in COMPONENTS:
+            # Own process groups: Ctrl-C reaches only `up`, which then stops the children in order.
+            self.children[name] = subprocess.Popen([sys.executable, "-m", "msaas.cli", name], env=env, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 60) -> bool:
+        url = f"http://127.0.0.1:{self.settings.port}/readyz"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    return True
+            except requests.RequestException:
+                pass
+            if self.failed():
+                return False
+            time.sleep(0.2)
+        return False
+
+    def failed(self) -> str | None:
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                return f"{name} exited with status {proc.returncode}"
+        if self.redis and self.redis.poll() is not None:
+            return f"redis-server exited with status {self.redis.returncode}"
+        return None
+
+    def stop(self) -> None:
+        self.stopping.set()
+        order = [("worker", signal.SIGINT), ("rest", signal.SIGTERM), ("logs", signal.SIGINT)]
+        for name, sig in order:
+            proc = self.children.get(name)
+            if proc and proc.poll() is None:
+                proc.send_signal(sig)
+        for name, _ in order:
+            proc = self.children.get(name)
+            if proc:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if self.redis and self.redis.poll() is None:
+            self.redis.terminate()  # redis flushes its append-only file on SIGTERM
+            try:
+                self.redis.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.redis.kill()
+
+
+def up(settings: Settings, root: Path, try_files: list[Path], out_dir: Path) -> int:
+    model, note = choose_default_model(settings)
+    settings = settings.with_(demucs_model=model, callback_allow_private=True, log_stdout=False)
+    if note:
+        log.warning(note)
+    stack = Stack(settings, root)
+    signal.signal(signal.SIGTERM, lambda *_: stack.stopping.set())
+    try:
+        stack.start()
+        if not stack.wait_ready():
+            log.error("the stack did not come up: %s", stack.failed() or "rest never answered")
+            return 1
+        log.info("MSaaS is up: http://localhost:%d (model %s); Ctrl-C stops it", settings.port, model)
+        for song in try_files:
+            _try(settings, song, out_dir)
+        while not stack.stopping.wait(0.5):
+            if problem := stack.failed():
+                log.error("stopping: %s", problem)
+                return 1
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        log.info("stopping MSaaS")
+        stack.stop()
+
+
+def _try(settings: Settings, song: Path, out_dir: Path) -> None:
+    from .client import Client
+
+    shown = [""]
+
+    def show(status: dict) -> None:
+        line = f"{status['state']} {status.get('stage', '')} {status['progress'] * 100:.0f}%"
+        if line != shown[0]:
+            shown[0] = line
+            log.info("%s: %s", song.name, line)
+
+    try:
+        stems = Client(f"localhost:{settings.port}").separate(song, out_dir, on_status=show)
+    except Exception as exc:
+        log.error("separating %s failed: %s", song, exc)
+        return
+    for track, path in stems.items():
+        log.info("%s: %s -> %s", song.name, track, path)

@@ -1,0 +1,64 @@
+"""`msaas fetch-model`: put a Demucs model's weights in a local directory that `DEMUCS_REPO` can point at."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+
+from . import models
+
+log = logging.getLogger("msaas.fetch")
+
+
+def _from_legacy_repo(name: str, dest: Path, root_url: str | None) -> None:
+    from demucs import pretrained
+    from torch.hub import download_url_to_file
+
+    remote = models.demucs_remote_dir()
+    urls = pretrained._parse_remote_files(remote / "files.txt")
+    if root_url:
+        urls = {sig: root_url.rstrip("/") + "/" + url[len(pretrained.ROOT_URL) :] for sig, url in urls.items()}
+    bag = remote / f"{name}.yaml"
+    sigs = yaml.safe_load(bag.read_text())["models"] if bag.is_file() else [name]
+    for sig in sigs:
+        if sig not in urls:
+            raise ValueError(f"{name!r} is neither a known model nor a known signature")
+        target = dest / urls[sig].rsplit("/", 1)[-1]
+        if not target.exists():
+            log.info("downloading %s", urls[sig])
+            download_url_to_file(urls[sig], str(target), progress=True)
+    if bag.is_file():
+        shutil.copyfile(bag, dest / bag.name)
+
+
+def _from_hf_hub(name: str, dest: Path) -> None:
+    from demucs.hf import load_safetensors_model
+    from demucs.states import save_with_checksum
+    from huggingface_hub import hf_hub_download
+
+    repo_id = "adefossez/" + models.hf_repo_name(name)
+    bag_file = hf_hub_download(repo_id, f"{name}.yaml")
+    bag = yaml.safe_load(Path(bag_file).read_text())
+    for sig in bag["models"]:
+        model = load_safetensors_model(hf_hub_download(repo_id, f"{sig}.safetensors"))
+        args, kwargs = model._init_args_kwargs
+        package = {"klass": model.__class__, "args": args, "kwargs": kwargs, "state": model.state_dict()}
+        save_with_checksum(package, dest / f"{sig}.th")
+    shutil.copyfile(bag_file, dest / f"{name}.yaml")
+
+
+def fetch_model(name: str, dest: Path, root_url: str | None = None) -> None:
+    """Download `name` into `dest` in demucs' own repo format, then load it from there to prove it works."""
+    from demucs.pretrained import get_model
+
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _from_legacy_repo(name, dest, root_url)
+    except Exception as exc:  # the legacy host may be gone; the Hugging Face hub is the other source
+        log.warning("legacy model repository failed (%s); trying the Hugging Face hub", exc)
+        _from_hf_hub(name, dest)
+    get_model(name, dest)
+    log.info("model %s is ready in %s: set DEMUCS_REPO=%s", name, dest, dest)

@@ -1,0 +1,21 @@
+"""Every Redis key name MSaaS uses is built here."""
+
+QUEUE = "toWorker"  # list: JSON job messages, LPUSH by rest, BLMOVE by workers (oldest at the right)
+LOGGING = "logging"  # list: log lines, LPUSH by everyone, BRPOP by the logs tail
+WORKERS = "workers"  # set: names of workers that have claimed work
+DEAD = "dead"  # list: JSON messages of jobs that failed for good
+MODELS = "models"  # hash: model name -> JSON {"tracks", "available"} as the workers see it
+
+LOGGING_MAX = 10_000  # the logging list is trimmed to this many lines when nobody tails it
+
+
+def job_key(songhash: str) -> str:
+    return f"job:{songhash}"
+
+
+def processing_key(worker: str) -> str:
+    return f"processing:{worker}"
+
+
+def heartbeat_key(worker: str) -> str:
+    return f"worker:{worker}"

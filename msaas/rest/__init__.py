@@ -1,0 +1,59 @@
+"""The REST server: `create_app()` builds a Flask app over one Redis client and one object store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+import redis
+
+from .. import jobs, storage
+from ..config import Settings
+
+# Base64 makes a body 4/3 the size of the song; JSON fields and multipart headers add a little more.
+ENVELOPE_BYTES = 64 * 1024
+
+
+@dataclass
+class Backends:
+    settings: Settings
+    redis: redis.Redis
+    store: storage.ObjectStore
+    jobs: jobs.JobQueue
+    buckets_ready: bool = False
+
+    def ensure_store(self) -> None:
+        """Create the buckets the first time the store answers; afterwards just check that it does."""
+        if self.buckets_ready:
+            self.store.ping()
+        else:
+            self.store.ensure_buckets()
+            self.buckets_ready = True
+
+
+def backends() -> Backends:
+    return current_app.extensions["msaas"]
+
+
+def create_app(
+    settings: Settings | None = None, client: redis.Redis | None = None, store: storage.ObjectStore | None = None
+) -> Flask:
+    from . import api, errors, web
+
+    settings = settings or Settings.from_env()
+    client = client or jobs.connect(settings.redis_url)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + ENVELOPE_BYTES
+    app.config["MAX_FORM_MEMORY_SIZE"] = app.config["MAX_CONTENT_LENGTH"]
+    app.json.sort_keys = False
+    app.extensions["msaas"] = Backends(
+        settings=settings,
+        redis=client,
+        store=store or storage.open_store(settings),
+        jobs=jobs.JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s),
+    )
+    errors.register(app)
+    app.register_blueprint(web.bp)
+    app.register_blueprint(api.bp)
+    return app

@@ -1,0 +1,220 @@
+"""The v1 API: upload a song, watch its job, download and remove its stems, list models."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+from flask import Blueprint, Response, jsonify, request
+
+from .. import audio, callbacks, models, storage
+from ..jobs import Job
+from ..jobs import songhash as make_songhash
+from . import backends
+from .errors import ApiError
+
+log = logging.getLogger("msaas.rest")
+bp = Blueprint("api", __name__, url_prefix="/apiv1")
+
+SONGHASH = re.compile(r"^[0-9a-f]{56}$")
+TRACK = re.compile(r"^([a-z][a-z_]{0,31})(?:\.(mp3|wav|flac))?$")
+FIELDS = {"mp3", "model", "two_stems", "format", "bitrate", "callback"}
+
+
+def _form_fields() -> tuple[dict, bytes]:
+    upload = request.files.get("mp3")
+    if upload is None:
+        raise ApiError(400, "multipart upload needs a file field named mp3 (curl -F mp3=@song.mp3)")
+    fields: dict = {k: v for k, v in request.form.items() if k in FIELDS}
+    if "callback" in fields:
+        import json
+
+        try:
+            fields["callback"] = json.loads(fields["callback"])
+        except ValueError:
+            raise ApiError(400, 'the callback form field must be JSON: {"url": ..., "data": ...}') from None
+    elif "callback_url" in request.form:
+        fields["callback"] = {"url": request.form["callback_url"], "data": request.form.get("callback_data")}
+    return fields, upload.read()
+
+
+def _json_fields() -> tuple[dict, bytes]:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, 'the body must be a JSON object like {"mp3": "<base64>"}, or a multipart upload')
+    encoded = body.get("mp3")
+    if not isinstance(encoded, str) or not encoded:
+        raise ApiError(400, "the JSON body needs a field mp3 holding the song as base64")
+    if encoded.startswith("data:") and "," in encoded[:100]:
+        encoded = encoded.split(",", 1)[1]  # a data: URL from a browser
+    try:
+        data = base64.b64decode(encoded.replace("\n", "").replace("\r", ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "the mp3 field is not valid base64") from None
+    return {k: v for k, v in body.items() if k in FIELDS}, data
+
+
+def _choices(fields: dict) -> tuple[str, dict, dict | None]:
+    """Validate model, two_stems, format, bitrate and callback; returns (model, options, callback)."""
+    b = backends()
+    model = fields.get("model") or b.settings.demucs_model
+    known = models.catalog(b.settings.demucs_repo)
+    published = b.jobs.published_models()
+    if not isinstance(model, str) or (model not in known and model not in published):
+        raise ApiError(422, f"unknown model {model!r}; GET /apiv1/models lists the models")
+    seen = published.get(model)
+    if seen is not None and not seen.get("available"):
+        raise ApiError(
+            422,
+            f"the weights of model {model!r} are not available on the workers; "
+            "put them in DEMUCS_REPO with `msaas fetch-model` or choose another model",
+        )
+    tracks = (seen or {}).get("tracks") or known.get(model, {}).get("tracks")
+    options: dict = {}
+    two_stems = fields.get("two_stems")
+    if two_stems not in (None, ""):
+        if not isinstance(two_stems, str) or (tracks and two_stems not in tracks):
+            raise ApiError(400, f"two_stems must be one of the model's tracks: {', '.join(tracks or [])}")
+        options["two_stems"] = two_stems
+    fmt = fields.get("format") or "mp3"
+    if fmt not in audio.FORMATS:
+        raise ApiError(400, f"format must be one of {', '.join(audio.FORMATS)}")
+    if fmt != "mp3":
+        options["format"] = fmt
+    bitrate = fields.get("bitrate")
+    if bitrate not in (None, ""):
+        try:
+            bitrate = int(bitrate)
+        except (TypeError, ValueError):
+            bitrate = -1
+        if bitrate not in audio.BITRATES or fmt != "mp3":
+            raise ApiError(400, f"bitrate is for mp3 output and must be one of {', '.join(map(str, audio.BITRATES))} kbps")
+        if bitrate != audio.DEFAULT_BITRATE:
+            options["bitrate"] = bitrate
+    try:
+        callback = callbacks.validate(fields.get("callback"))
+    except callbacks.BadCallback as exc:
+        raise ApiError(400, str(exc)) from None
+    return model, options, callback
+
+
+@bp.post("/separate")
+def separate():
+    b = backends()
+    fields, data = _form_fields() if request.mimetype == "multipart/form-data" else _json_fields()
+    limit = b.settings.max_upload_bytes
+    if len(data) > limit:
+        raise ApiError(413, f"the song is larger than the {limit // (1024 * 1024)} MB allowed")
+    if not data:
+        raise ApiError(400, "the song is empty")
+    model, options, callback = _choices(fields)
+    songhash = make_songhash(model, options, data)
+
+    existing = b.jobs.status(songhash)
+    if existing and existing["state"] != "failed":
+        return jsonify({"hash": songhash, "reason": f"Song already {existing['state']}; not separated again"})
+
+    with tempfile.NamedTemporaryFile(prefix="msaas-upload-") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            info = audio.probe(Path(tmp.name), b.settings.max_duration_s)
+        except audio.NotAudio as exc:
+            raise ApiError(415, f"not a song MSaaS can read: {exc}") from None
+        except audio.TooLong as exc:
+            raise ApiError(413, str(exc)) from None
+        b.ensure_store()
+        name = storage.upload_name(songhash)
+        b.store.put_file(storage.QUEUE_BUCKET, name, Path(tmp.name), "audio/mpeg")
+    try:
+        state = b.jobs.submit(Job(songhash, model, callback, options))
+    except Exception:
+        b.store.remove(storage.QUEUE_BUCKET, name)  # nothing half-done is left behind
+        raise
+    if state:
+        return jsonify({"hash": songhash, "reason": f"Song already {state}; not separated again"})
+    log.info("queued %s (%s, %.1f s of %s audio, model %s)", songhash, _size(len(data)), info.duration_s, info.codec, model)
+    return jsonify({"hash": songhash, "reason": "Song enqueued for separation"})
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+@bp.get("/queue")
+def queue():
+    return jsonify({"queue": backends().jobs.queued()})
+
+
+def _song(songhash: str) -> dict:
+    if not SONGHASH.match(songhash):
+        raise ApiError(404, "unknown song: a song's hash is 56 hexadecimal characters")
+    record = backends().jobs.status(songhash)
+    if record is None:
+        raise ApiError(404, f"unknown song {songhash}")
+    return record
+
+
+@bp.get("/status/<songhash>")
+def status(songhash: str):
+    record = _song(songhash)
+    record["urls"] = {t: f"/apiv1/track/{songhash}/{t}" for t in record["tracks"]}
+    return jsonify(record)
+
+
+def _stem(songhash: str, track: str) -> tuple[dict, str, str]:
+    record = _song(songhash)
+    match = TRACK.match(track)
+    if not match:
+        raise ApiError(404, f"unknown track {track!r}")
+    name, ext = match.group(1), match.group(2)
+    fmt = record["options"].get("format", "mp3")
+    if name not in record["tracks"] or (ext and ext != audio.FORMATS[fmt][3]):
+        have = ", ".join(record["tracks"]) or f"none yet (the job is {record['state']})"
+        raise ApiError(404, f"song {songhash} has no track {track!r}; its tracks: {have}")
+    return record, name, fmt
+
+
+@bp.get("/track/<songhash>/<track>")
+def track(songhash: str, track: str):
+    _, name, fmt = _stem(songhash, track)
+    _, _, _, ext, content_type = audio.FORMATS[fmt]
+    try:
+        size, chunks = backends().store.stream(storage.OUTPUT_BUCKET, storage.stem_name(songhash, name, ext))
+    except storage.ObjectNotFound:
+        raise ApiError(404, f"track {name} of {songhash} is no longer stored") from None
+    headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{name}.{ext}"'}
+    return Response(chunks, mimetype=content_type, headers=headers)
+
+
+@bp.route("/remove/<songhash>/<track>", methods=["GET", "DELETE"])
+@bp.delete("/track/<songhash>/<track>")
+def remove(songhash: str, track: str):
+    b = backends()
+    _, name, fmt = _stem(songhash, track)
+    try:
+        b.store.remove(storage.OUTPUT_BUCKET, storage.stem_name(songhash, name, audio.FORMATS[fmt][3]))
+    except storage.ObjectNotFound:
+        pass  # already gone from the store: forgetting it is all that is left to do
+    b.jobs.forget_track(songhash, name)
+    return jsonify({"hash": songhash, "track": name, "removed": True})
+
+
+@bp.get("/models")
+def list_models():
+    b = backends()
+    published = b.jobs.published_models()
+    listed = []
+    names = dict(models.catalog(b.settings.demucs_repo))
+    for name, info in published.items():
+        names[name] = {**names.get(name, {}), **info}
+    for name, info in names.items():
+        available = info["available"] if "available" in info else models.available(name, b.settings.demucs_repo)
+        listed.append(
+            {"name": name, "tracks": info.get("tracks"), "available": available, "default": name == b.settings.demucs_model}
+        )
+    return jsonify({"default": b.settings.demucs_model, "models": listed})

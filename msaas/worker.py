@@ -1,0 +1,217 @@
+"""The worker loop: claim a job, fetch the song, separate it, store every stem, finish, call back."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from . import audio, models, storage
+from .callbacks import CallbackSender
+from .config import Settings
+from .jobs import Job, JobQueue
+from .separation import ModelUnavailable, Separator, cpu_budget, load_separator, separate_file
+
+log = logging.getLogger("msaas.worker")
+
+# Share of a job's progress given to each stage, in order.
+STAGES = {
+    "downloading": (0.0, 0.01),
+    "decoding": (0.01, 0.02),
+    "separating": (0.02, 0.92),
+    "encoding": (0.92, 0.98),
+    "uploading": (0.98, 1.0),
+}
+RETRY_LOAD_AFTER_S = 300
+
+
+class Worker:
+    def __init__(self, settings: Settings, client: redis.Redis, store: storage.ObjectStore, name: str | None = None):
+        self.settings = settings
+        self.store = store
+        self.jobs = JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s)
+        self.name = name or f"{settings.hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.callbacks = CallbackSender(settings.callback_secret, settings.callback_allow_private, settings.callback_timeout_s)
+        self.separators: dict[str, Separator] = {}
+        self.load_errors: dict[str, tuple[float, str]] = {}
+        self.stopping = threading.Event()
+
+    # --- models ----------------------------------------------------------------------------
+    def separator(self, name: str) -> Separator:
+        """Each model is loaded once per worker; a failed load is remembered for a while, not retried per job."""
+        if name in self.separators:
+            return self.separators[name]
+        failed = self.load_errors.get(name)
+        if failed and time.monotonic() - failed[0] < RETRY_LOAD_AFTER_S:
+            raise ModelUnavailable(failed[1])
+        log.info("loading model %s", name)
+        started = time.monotonic()
+        try:
+            sep = load_separator(name, self.settings.demucs_repo, self.settings.device)
+        except ModelUnavailable as exc:
+            self.load_errors[name] = (time.monotonic(), str(exc))
+            raise
+        log.info("model %s loaded in %.1f s (tracks %s)", name, time.monotonic() - started, ", ".join(sep.tracks))
+        self.separators[name] = sep
+        self.publish_models()
+        return sep
+
+    def publish_models(self) -> None:
+        repo = self.settings.demucs_repo
+        seen = {}
+        for name, info in models.catalog(repo).items():
+            loaded = self.separators.get(name)
+            seen[name] = {
+                "tracks": loaded.tracks if loaded else info["tracks"],
+                "available": bool(loaded) or models.available(name, repo),
+            }
+        self.jobs.publish_models(seen)
+
+    # --- the loop --------------------------------------------------------------------------
+    def _beat(self) -> None:
+        while not self.stopping.wait(max(1.0, self.settings.heartbeat_ttl_s / 3)):
+            try:
+                self.jobs.heartbeat(self.name)
+                self.jobs.requeue_orphans()
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self, *_args) -> None:
+        if not self.stopping.is_set():
+            log.info("worker %s stopping after the current job", self.name)
+        self.stopping.set()
+
+    def run(self, preload: bool = True) -> None:
+        import torch
+
+        torch.set_num_threads(self.settings.torch_threads or cpu_budget())
+        self._wait_for_backends()
+        self.jobs.heartbeat(self.name)
+        threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
+        log.info("worker %s ready: model %s, %d torch threads", self.name, self.settings.demucs_model, torch.get_num_threads())
+        self.publish_models()
+        if preload:
+            try:
+                self.separator(self.settings.demucs_model)
+            except ModelUnavailable as exc:
+                log.error("default model unavailable: %s", exc)
+        backoff = 1.0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.jobs.requeue_orphans()
+                    job = self.jobs.claim(self.name, timeout_s=2)
+                    backoff = 1.0
+                except redis.RedisError as exc:
+                    log.warning("redis unavailable (%s); retrying in %.0f s", exc, backoff)
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, 30)
+                    continue
+                if job is not None:
+                    self.process(job)
+        finally:
+            self.stopping.set()
+            try:
+                moved = self.jobs.retire(self.name)
+                if moved:
+                    log.info("put %d unfinished job(s) back in the queue", moved)
+            except redis.RedisError as exc:
+                log.warning("could not retire cleanly (%s); another worker will requeue my jobs", exc)
+
+    def _wait_for_backends(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                self.jobs.r.ping()
+                self.store.ensure_buckets()
+                return
+            except (redis.RedisError, storage.StorageError) as exc:
+                log.warning("waiting for redis and the object store: %s", exc)
+                if self.stopping.wait(delay):
+                    raise SystemExit(0) from None
+                delay = min(delay * 2, 30)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+
+    # --- one job ---------------------------------------------------------------------------
+    def process(self, job: Job) -> None:
+        started = time.monotonic()
+        log.info("job %s: separating with %s", job.songhash, job.model)
+        last = [0.0, ""]
+
+        def progress(stage: str, fraction: float) -> None:
+            now = time.monotonic()
+            if stage == last[1] and now - last[0] < 0.5 and fraction < 1.0:
+                return
+            last[:] = [now, stage]
+            lo, hi = STAGES[stage]
+            self.jobs.progress(job, stage, lo + (hi - lo) * fraction)
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="msaas-job-") as tmp:
+                tracks = self._separate(job, Path(tmp), progress)
+        except (ModelUnavailable, audio.NotAudio, audio.TooLong, ValueError) as exc:
+            self._fail(job, str(exc), retry=False)
+            return
+        except storage.ObjectNotFound:
+            self._fail(job, "the uploaded song is no longer in the object store; upload it again", retry=False)
+            return
+        except Exception as exc:  # storage or redis hiccups, out of memory, a bug: retried up to JOB_MAX_ATTEMPTS
+            log.exception("job %s: separation failed", job.songhash)
+            self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True)
+            return
+        self.jobs.finish(self.name, job, tracks)
+        log.info("job %s: done in %.1f s, tracks %s", job.songhash, time.monotonic() - started, ", ".join(tracks))
+        self._call_back(job, "done", tracks)
+
+    def _separate(self, job: Job, tmp: Path, progress) -> list[str]:
+        sep = self.separator(job.model)
+        progress("downloading", 0.0)
+        source = tmp / "song"
+        self.store.get_file(storage.QUEUE_BUCKET, storage.upload_name(job.songhash), source)
+        fmt = job.options.get("format", "mp3")
+        stems = separate_file(
+            sep,
+            source,
+            tmp,
+            fmt=fmt,
+            bitrate=int(job.options.get("bitrate", audio.DEFAULT_BITRATE)),
+            two_stems=job.options.get("two_stems"),
+            max_duration_s=self.settings.max_duration_s,
+            progress=progress,
+        )
+        _, _, _, ext, content_type = audio.FORMATS[fmt]
+        for i, (track, path) in enumerate(stems.items()):
+            progress("uploading", i / len(stems))
+            self.store.put_file(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, ext), path, content_type)
+        return list(stems)
+
+    def _fail(self, job: Job, error: str, retry: bool) -> None:
+        try:
+            again = self.jobs.fail(self.name, job, error, retry)
+        except redis.RedisError as exc:
+            log.error(
+                "job %s failed (%s) and redis is unreachable (%s); it stays in my processing list", job.songhash, error, exc
+            )
+            return
+        if again:
+            log.warning("job %s: %s; requeued", job.songhash, error)
+        else:
+            log.error("job %s failed: %s", job.songhash, error)
+            self._call_back(job, "failed", [], error)
+
+    def _call_back(self, job: Job, state: str, tracks: list[str], error: str | None = None) -> None:
+        if not job.callback:
+            return
+        payload = {"hash": job.songhash, "state": state, "tracks": tracks}
+        if error:
+            payload["error"] = error
+        self.callbacks.send(job.callback, payload)

@@ -1,0 +1,47 @@
+"""PyAV in and out: every format decodes to exactly the samples that went in, aligned."""
+
+import numpy as np
+import pytest
+
+from conftest import make_song
+from msaas import audio
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "wav", "flac"])
+def test_stems_decode_to_the_exact_length_and_alignment(tmp_path, fmt):
+    rate, n = 44100, 44100 * 3 + 321
+    x = np.zeros((2, n), np.float32)
+    x[:, 30000] = 0.8  # a click to find the alignment by
+    x += 0.05 * np.sin(np.arange(n) / 20.0).astype(np.float32)
+    audio.encode(tmp_path / f"s.{fmt}", x, rate, fmt)
+    y, r = audio.decode(tmp_path / f"s.{fmt}")
+    assert r == rate and y.shape == x.shape
+    window = slice(29000, 31000)
+    lag = np.argmax(np.correlate(y[0, window], x[0, window], "full")) - 1999
+    assert lag == 0
+
+
+def test_mono_input_is_decoded_as_two_identical_channels(tmp_path):
+    path = make_song(tmp_path / "mono.wav", seconds=1, channels=1, fmt="wav")
+    y, _ = audio.decode(path)
+    assert y.shape[0] == 2 and np.array_equal(y[0], y[1])
+
+
+def test_probe_counts_samples_of_a_48k_flac(tmp_path):
+    path = make_song(tmp_path / "s.flac", seconds=2, rate=48000, fmt="flac")
+    info = audio.probe(path)
+    assert (info.samples, info.sample_rate, info.channels) == (96000, 48000, 2)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world, not audio at all", bytes(range(256)) * 400])
+def test_non_audio_is_refused(tmp_path, content):
+    (tmp_path / "x").write_bytes(content)
+    with pytest.raises(audio.NotAudio):
+        audio.probe(tmp_path / "x")
+
+
+def test_audio_over_the_maximum_duration_is_refused(tmp_path):
+    path = make_song(tmp_path / "s.mp3", seconds=5)
+    with pytest.raises(audio.TooLong):
+        audio.probe(path, max_duration_s=2)
+    assert audio.probe(path, max_duration_s=10).duration_s == pytest.approx(5, abs=0.01)

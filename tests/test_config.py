@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+from msaas.config import ConfigError, Settings
+
+
+def test_defaults_match_the_course():
+    s = Settings.from_env({})
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.port == 5000 and s.demucs_model == "htdemucs" and s.minio_host is None
+    assert s.max_upload_bytes == 100 * 1024 * 1024
+
+
+def test_kubernetes_injected_redis_port_is_understood():
+    s = Settings.from_env({"REDIS_HOST": "redis", "REDIS_PORT": "tcp://10.0.3.7:6379"})
+    assert s.redis_url == "redis://redis:6379/0"
+
+
+def test_redis_url_wins_over_host_and_port():
+    s = Settings.from_env({"REDIS_URL": "redis://cache:7000/2", "REDIS_HOST": "other"})
+    assert s.redis_url == "redis://cache:7000/2"
+
+
+@pytest.mark.parametrize("env", [{"PORT": "http"}, {"REDIS_PORT": "99999"}, {"MAX_UPLOAD_MB": "lots"}, {"REDIS_URL": "http://x"}])
+def test_bad_values_are_refused_with_their_name(env):
+    with pytest.raises(ConfigError, match=next(iter(env))):
+        Settings.from_env(env)
+
+
+def test_settings_survive_the_trip_through_a_child_environment():
+    s = Settings.from_env(
+        {
+            "MINIO_HOST": "minio:9000",
+            "MINIO_SECURE": "1",
+            "DEMUCS_REPO": "/models",
+            "MAX_UPLOAD_MB": "20",
+            "CALLBACK_SECRET": "whsec_x",
+        }
+    )
+    again = Settings.from_env(s.to_env())
+    assert again.with_(hostname=s.hostname) == s
+    assert again.demucs_repo == Path("/models") and again.minio_secure

@@ -1,0 +1,126 @@
+"""End to end: `msaas rest`, `msaas worker` and `msaas logs` as real processes; `msaas up` as a user runs it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from conftest import BIN, ROOT, free_port, make_song, msaas_process, wait_http
+from msaas import audio
+from msaas.client import Client
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def s3_stack(settings, redis_client, s3_endpoint, processes, tmp_path):
+    """rest + worker + logs over MinIO's API (moto_server stands in for MinIO)."""
+    env = dict(MINIO_HOST=s3_endpoint, MINIO_ACCESS_KEY="testing", MINIO_SECRET_KEY="testing")
+    logs_out = open(tmp_path / "logs.txt", "w")
+    processes.append(
+        subprocess.Popen(
+            [str(BIN / "msaas"), "logs"], env={**os.environ, **settings.to_env()}, stdout=logs_out, start_new_session=True
+        )
+    )
+    processes.append(msaas_process("worker", settings, **env))
+    rest = msaas_process("rest", settings, **env)
+    processes.append(rest)
+    wait_http(f"http://127.0.0.1:{settings.port}/readyz", proc=rest)
+    return f"127.0.0.1:{settings.port}", tmp_path / "logs.txt"
+
+
+def test_songs_uploaded_both_ways_come_back_as_full_length_stems(s3_stack, tmp_path):
+    server, logs = s3_stack
+    client = Client(server)
+    songs = [make_song(tmp_path / "a.mp3", seconds=3, seed=1), make_song(tmp_path / "b.mp3", seconds=4.5, seed=2)]
+    hashes = [client.submit(songs[0])["hash"], client.submit(songs[1], multipart=True)["hash"]]
+    assert client.submit(songs[0], multipart=True)["hash"] == hashes[0]  # same song, same job
+    for song, h in zip(songs, hashes, strict=True):
+        status = client.wait(h, timeout_s=180)
+        assert status["state"] == "done", status
+        assert status["tracks"] == ["drums", "bass", "other", "vocals"]
+        want = audio.probe(song).samples
+        for track in status["tracks"]:
+            stem = client.download(h, track, tmp_path / h / f"{track}.mp3")
+            info = audio.probe(stem)
+            assert info.samples == want and info.sample_rate == 44100
+    assert client.queue() == []
+    time.sleep(1.5)
+    text = logs.read_text()
+    assert ".rest.info:queued" in text and ".worker.info:job" in text and "done in" in text
+
+
+def test_the_course_sample_client_works_unchanged(s3_stack, tmp_path):
+    server, _ = s3_stack
+    data = tmp_path / "data"
+    data.mkdir()
+    make_song(data / "short-one.mp3", seconds=2)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "short-sample-requests.py")],
+        cwd=tmp_path,
+        env={**os.environ, "REST": server},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert '"hash"' in out.stdout and "Cache from server is" in out.stdout
+
+
+def test_the_cli_separates_and_downloads_with_wait(s3_stack, tmp_path):
+    server, _ = s3_stack
+    song = make_song(tmp_path / "tune.mp3", seconds=2.5, seed=5)
+    out = subprocess.run(
+        [str(BIN / "msaas"), "separate", str(song), "--wait", "--out", str(tmp_path / "stems"), "--server", server],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    for track in ("drums", "bass", "other", "vocals"):
+        assert audio.probe(tmp_path / "stems" / "tune" / f"{track}.mp3").samples == audio.probe(song).samples
+
+
+def test_msaas_up_runs_the_whole_stack_and_stops_cleanly_on_ctrl_c(tiny_repo, tmp_path):
+    song = make_song(tmp_path / "mine.mp3", seconds=3)
+    port, redis_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "REDIS_PORT": str(redis_port),
+        "DEMUCS_REPO": str(tiny_repo),
+        "DEMUCS_MODEL": "tiny",
+        "TORCH_THREADS": "1",
+    }
+    env.pop("STORAGE_DIR", None)
+    up = subprocess.Popen(
+        [str(BIN / "msaas"), "up", "--dir", str(tmp_path / "var"), "--try", str(song), "--out", str(tmp_path / "out")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "out" / "mine" / "vocals.mp3").exists():
+            assert up.poll() is None, up.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        time.sleep(0.5)
+        for track in ("drums", "bass", "other", "vocals"):
+            assert audio.probe(tmp_path / "out" / "mine" / f"{track}.mp3").samples == audio.probe(song).samples
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        assert (tmp_path / "var" / "redis" / "appendonly.aof").exists() or (tmp_path / "var" / "redis" / "appendonlydir").exists()
+    finally:
+        os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
+        code = up.wait(60)
+    output = up.stdout.read()
+    assert code == 0, output
+    assert "stopping MSaaS" in output and "vocals ->" in output
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/", timeout=2)

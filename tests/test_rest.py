@@ -1,0 +1,180 @@
+"""The real Flask app over HTTP, against a real redis-server and a real store."""
+
+import base64
+import json
+
+import pytest
+import requests
+
+from conftest import make_song
+from msaas import keys, storage
+from msaas.jobs import songhash
+
+
+def b64(path):
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def post_json(live, body, **kw):
+    return requests.post(f"{live.url}/apiv1/separate", json=body, timeout=30, **kw)
+
+
+def leftovers(live):
+    """Every key and stored object a request could have left behind (the workers' model list aside)."""
+    redis_keys = sorted(k for k in live.backends.redis.keys("*") if k != keys.MODELS)
+    root = live.backends.settings.storage_dir
+    objects = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return redis_keys, objects
+
+
+def test_index_answers_200_for_load_balancers(live_app):
+    r = requests.get(live_app.url + "/", timeout=5)
+    assert r.status_code == 200 and "MSaaS" in r.text
+    assert requests.get(live_app.url + "/healthz", timeout=5).json() == {"ok": True}
+    assert requests.get(live_app.url + "/readyz", timeout=5).status_code == 200
+
+
+def test_json_upload_stores_the_song_and_queues_a_job(live_app, song):
+    r = post_json(live_app, {"mp3": b64(song), "callback": {"url": "http://localhost:5000", "data": {"x": 1}}})
+    assert r.status_code == 200, r.text
+    h = r.json()["hash"]
+    assert h == songhash("tiny", {}, song.read_bytes())
+    assert "enqueued" in r.json()["reason"]
+    assert live_app.backends.store.exists(storage.QUEUE_BUCKET, f"{h}.mp3")
+    (raw,) = live_app.backends.redis.lrange(keys.QUEUE, 0, -1)
+    assert json.loads(raw) == {"songhash": h, "model": "tiny", "callback": {"url": "http://localhost:5000", "data": {"x": 1}}}
+    assert requests.get(f"{live_app.url}/apiv1/queue", timeout=5).json() == {"queue": [h]}
+    status = requests.get(f"{live_app.url}/apiv1/status/{h}", timeout=5).json()
+    assert status["state"] == "queued" and status["model"] == "tiny" and status["progress"] == 0
+
+
+def test_multipart_upload_is_the_same_job_as_json(live_app, song):
+    h = post_json(live_app, {"mp3": b64(song)}).json()["hash"]
+    with open(song, "rb") as f:
+        r = requests.post(f"{live_app.url}/apiv1/separate", files={"mp3": f}, timeout=30)
+    assert r.status_code == 200 and r.json()["hash"] == h
+    assert "not separated again" in r.json()["reason"]
+    assert live_app.backends.redis.llen(keys.QUEUE) == 1
+
+
+def test_choices_change_the_hash_and_travel_with_the_job(live_app, song):
+    plain = post_json(live_app, {"mp3": b64(song)}).json()["hash"]
+    r = post_json(live_app, {"mp3": b64(song), "two_stems": "vocals", "format": "flac"})
+    assert r.status_code == 200 and r.json()["hash"] != plain
+    raw = live_app.backends.redis.lrange(keys.QUEUE, 0, 0)[0]
+    assert json.loads(raw)["two_stems"] == "vocals" and json.loads(raw)["format"] == "flac"
+
+
+def test_models_are_listed_with_their_tracks(live_app):
+    body = requests.get(f"{live_app.url}/apiv1/models", timeout=5).json()
+    by_name = {m["name"]: m for m in body["models"]}
+    assert body["default"] == "tiny" and by_name["tiny"]["available"] is True
+    assert by_name["htdemucs_6s"]["tracks"][-2:] == ["guitar", "piano"]
+    assert by_name["htdemucs"]["available"] is False  # no weights on this machine
+
+
+BAD = [
+    ("not json", dict(data=b"{nope", headers={"Content-Type": "application/json"}), 400, "JSON"),
+    ("json list", dict(json=[1, 2]), 400, "JSON object"),
+    ("no mp3", dict(json={"model": "tiny"}), 400, "mp3"),
+    ("bad base64", dict(json={"mp3": "!!!not-base64!!!"}), 400, "base64"),
+    ("empty song", dict(json={"mp3": ""}), 400, "mp3"),
+    ("not audio", dict(json={"mp3": base64.b64encode(b"hello, this is text" * 100).decode()}), 415, "not a song"),
+    ("too large", dict(json={"mp3": base64.b64encode(b"\0" * (3 * 1024 * 1024)).decode()}), 413, "MB"),
+    ("unknown model", dict(json={"mp3": "SUQz", "model": "nope"}), 422, "unknown model"),
+    ("model type", dict(json={"mp3": "SUQz", "model": ["x"]}), 422, "unknown model"),
+    ("bad two_stems", dict(json={"mp3": "SUQz", "model": "htdemucs", "two_stems": "kazoo"}), 400, "two_stems"),
+    ("bad format", dict(json={"mp3": "SUQz", "format": "ogg"}), 400, "format"),
+    ("bad bitrate", dict(json={"mp3": "SUQz", "bitrate": 33}), 400, "bitrate"),
+    ("callback not http", dict(json={"mp3": "SUQz", "callback": {"url": "file:///etc/passwd"}}), 400, "callback"),
+    ("callback not object", dict(json={"mp3": "SUQz", "callback": "http://x"}), 400, "callback"),
+    ("multipart without file", dict(files={"song": ("a.mp3", b"x")}), 400, "mp3"),
+]
+
+
+@pytest.mark.parametrize("case,kwargs,status,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_uploads_get_a_clear_4xx_and_leave_nothing_behind(live_app, case, kwargs, status, words):
+    before = leftovers(live_app)
+    r = requests.post(f"{live_app.url}/apiv1/separate", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    assert leftovers(live_app) == before
+
+
+def test_audio_longer_than_allowed_is_refused(live_app, tmp_path):
+    long_song = make_song(tmp_path / "long.mp3", seconds=61, fmt="mp3")
+    r = post_json(live_app, {"mp3": b64(long_song)})
+    assert r.status_code == 413 and "allowed" in r.json()["error"]
+
+
+UNKNOWN = ["0" * 56, "not-a-hash", "..%2F..%2Fetc%2Fpasswd", "a" * 57]
+
+
+@pytest.mark.parametrize("h", UNKNOWN)
+def test_unknown_songs_are_404_json(live_app, h):
+    for url in (f"/apiv1/status/{h}", f"/apiv1/track/{h}/vocals", f"/apiv1/remove/{h}/vocals"):
+        r = requests.get(live_app.url + url, timeout=5)
+        assert r.status_code == 404 and "error" in r.json()
+
+
+def done_job(live, song, tracks=("vocals", "drums")):
+    """A song as a worker leaves it: record done, stems in the output bucket."""
+    h = post_json(live, {"mp3": b64(song)}).json()["hash"]
+    jobs = live.backends.jobs
+    job = jobs.claim("w", 1)
+    for t in tracks:
+        live.backends.store.put_file(storage.OUTPUT_BUCKET, f"{h}-{t}.mp3", song, "audio/mpeg")
+    jobs.finish("w", job, list(tracks))
+    return h
+
+
+@pytest.mark.parametrize("track", ["vocals", "vocals.mp3"])
+def test_a_stem_downloads_as_audio_mpeg(live_app, song, track):
+    h = done_job(live_app, song)
+    r = requests.get(f"{live_app.url}/apiv1/track/{h}/{track}", timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "audio/mpeg"
+    assert r.content == song.read_bytes()
+
+
+@pytest.mark.parametrize("track", ["guitar", "..", "vocals.wav", "VOCALS", "vocals%00", "a" * 40])
+def test_unknown_tracks_are_404_json(live_app, song, track):
+    h = done_job(live_app, song)
+    r = requests.get(f"{live_app.url}/apiv1/track/{h}/{track}", timeout=5)
+    assert r.status_code == 404 and "error" in r.json()
+
+
+@pytest.mark.parametrize("how", ["get-remove", "delete-track"])
+def test_removing_a_stem_deletes_it(live_app, song, how):
+    h = done_job(live_app, song)
+    if how == "get-remove":
+        r = requests.get(f"{live_app.url}/apiv1/remove/{h}/drums", timeout=5)
+    else:
+        r = requests.delete(f"{live_app.url}/apiv1/track/{h}/drums", timeout=5)
+    assert r.status_code == 200 and r.json()["removed"] is True
+    assert not live_app.backends.store.exists(storage.OUTPUT_BUCKET, f"{h}-drums.mp3")
+    assert requests.get(f"{live_app.url}/apiv1/track/{h}/drums", timeout=5).status_code == 404
+    assert requests.get(f"{live_app.url}/apiv1/status/{h}", timeout=5).json()["tracks"] == ["vocals"]
+    assert requests.delete(f"{live_app.url}/apiv1/track/{h}/drums", timeout=5).status_code == 404
+
+
+def test_a_model_the_workers_cannot_load_is_refused_at_upload(live_app, song):
+    live_app.backends.jobs.publish_models({"htdemucs": {"tracks": ["drums", "bass", "other", "vocals"], "available": False}})
+    r = post_json(live_app, {"mp3": b64(song), "model": "htdemucs"})
+    assert r.status_code == 422 and "fetch-model" in r.json()["error"]
+
+
+def test_redis_down_is_503_and_nothing_is_stored(settings, song):
+    from conftest import LiveApp, free_port
+    from msaas import jobs
+    from msaas.rest import create_app
+
+    client = jobs.connect(f"redis://127.0.0.1:{free_port()}/0")
+    live = LiveApp(create_app(settings, client, storage.LocalStore(settings.storage_dir)), settings.port)
+    try:
+        r = post_json(live, {"mp3": b64(song)})
+        assert r.status_code == 503 and "redis" in r.json()["error"]
+        assert not list(settings.storage_dir.rglob("*.mp3"))
+        assert requests.get(live.url + "/readyz", timeout=10).status_code == 503
+        assert requests.get(live.url + "/", timeout=5).status_code == 200
+    finally:
+        live.close()

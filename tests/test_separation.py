@@ -1,0 +1,71 @@
+"""Real Demucs code on a small model saved in demucs' format and loaded the way production loads it."""
+
+import numpy as np
+import pytest
+
+from conftest import TINY, make_song
+from msaas import audio, models
+from msaas.separation import ModelUnavailable, load_separator, separate_file
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_repo):
+    return load_separator(TINY, tiny_repo, "cpu")
+
+
+def test_model_from_a_local_directory_loads_through_get_model(tiny, tiny_repo):
+    assert tiny.tracks == ["drums", "bass", "other", "vocals"] and tiny.samplerate == 44100
+    assert models.available(TINY, tiny_repo)
+    assert TINY in models.catalog(tiny_repo)
+
+
+def test_every_stem_has_the_inputs_length_and_rate(tiny, tmp_path):
+    song = make_song(tmp_path / "s.wav", seconds=3.3, rate=48000, fmt="wav")
+    stems = separate_file(tiny, song, tmp_path, fmt="mp3")
+    assert list(stems) == tiny.tracks
+    for path in stems.values():
+        info = audio.probe(path)
+        assert (info.samples, info.sample_rate) == (int(3.3 * 48000), 48000)
+
+
+def test_separation_is_deterministic(tiny, tmp_path, song):
+    a = separate_file(tiny, song, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, fmt="flac")
+    b = separate_file(tiny, song, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None, fmt="flac")
+    for track in a:
+        assert np.array_equal(audio.decode(a[track])[0], audio.decode(b[track])[0])
+
+
+def test_stems_sum_back_to_the_song(tiny, tmp_path, song):
+    stems = separate_file(tiny, song, tmp_path, fmt="wav")
+    total = sum(audio.decode(p)[0] for p in stems.values())
+    mix, _ = audio.decode(song)
+    # htdemucs is trained so its stems add up to the mix; with random weights only the shapes line up
+    assert total.shape == mix.shape
+
+
+def test_two_stems_gives_the_track_and_the_rest(tiny, tmp_path, song):
+    stems = separate_file(tiny, song, tmp_path, fmt="wav", two_stems="vocals")
+    assert list(stems) == ["vocals", "no_vocals"]
+    four = separate_file(tiny, song, tmp_path / "four" if (tmp_path / "four").mkdir() is None else None, fmt="wav")
+    rest = sum(audio.decode(four[t])[0] for t in ("drums", "bass", "other"))
+    assert np.abs(audio.decode(stems["no_vocals"])[0] - np.clip(rest, -1, 1)).max() < 2e-4
+
+
+def test_progress_is_reported_per_stage(tiny, tmp_path, song):
+    seen = []
+    separate_file(tiny, song, tmp_path, progress=lambda stage, f: seen.append((stage, f)))
+    stages = [s for s, _ in seen]
+    assert stages[0] == "decoding" and "separating" in stages and stages[-1] == "encoding"
+    assert max(f for s, f in seen if s == "separating") == pytest.approx(1.0)
+
+
+def test_an_unknown_model_is_a_clear_error(tiny_repo):
+    with pytest.raises(ModelUnavailable, match="unknown model 'nope'"):
+        load_separator("nope", tiny_repo, "cpu")
+
+
+def test_a_model_missing_from_the_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "htdemucs.yaml").write_text("models: ['955717e8']\n")
+    assert not models.available("htdemucs", tmp_path)
+    with pytest.raises(ModelUnavailable, match="htdemucs"):
+        load_separator("htdemucs", tmp_path, "cpu")

@@ -1,0 +1,172 @@
+"""A real Worker (tiny Demucs model) against redis-server, a store and a callback receiver over HTTP."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import free_port
+from msaas import audio, keys, storage
+from msaas.jobs import Job, JobQueue
+from msaas.worker import Worker
+
+
+class Receiver:
+    """An HTTP server that records callbacks; `status` is what it answers, `delay_s` how long it stalls."""
+
+    def __init__(self, status=200, delay_s=0.0):
+        self.calls, self.status, self.delay_s = [], status, delay_s
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.calls.append((dict(self.headers), json.loads(body)))
+                time.sleep(receiver.delay_s)
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def worker(settings, redis_client):
+    st = storage.LocalStore(settings.storage_dir)
+    st.ensure_buckets()
+    w = Worker(settings, redis_client, st, name="test-worker")
+    w.callbacks.delays = (0.2, 0.2)
+    return w
+
+
+def enqueue(worker, song, model="tiny", callback=None, **options):
+    h = f"{abs(hash((song.name, model, json.dumps(options)))):056d}"[:56]
+    worker.store.put_file(storage.QUEUE_BUCKET, f"{h}.mp3", song, "audio/mpeg")
+    worker.jobs.submit(Job(h, model, callback, options))
+    return h
+
+
+def run_one(worker):
+    job = worker.jobs.claim(worker.name, 1)
+    assert job is not None
+    worker.process(job)
+    return job
+
+
+def wait_for(predicate, timeout_s=10):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_job_ends_done_with_every_stem_stored_and_a_callback(worker, song):
+    receiver = Receiver()
+    h = enqueue(worker, song, callback={"url": receiver.url, "data": {"mine": 1}})
+    run_one(worker)
+    status = worker.jobs.status(h)
+    assert status["state"] == "done" and status["progress"] == 1.0
+    assert status["tracks"] == ["drums", "bass", "other", "vocals"]
+    n = audio.probe(song).samples
+    for track in status["tracks"]:
+        path = worker.settings.storage_dir / "output" / f"{h}-{track}.mp3"
+        assert audio.probe(path).samples == n
+    assert worker.jobs.r.llen(keys.processing_key(worker.name)) == 0
+    wait_for(lambda: receiver.calls)
+    headers, body = receiver.calls[0]
+    assert body == {"hash": h, "state": "done", "tracks": status["tracks"], "data": {"mine": 1}}
+    assert headers["webhook-id"].startswith("msg_")
+    receiver.close()
+
+
+def test_callbacks_are_signed_when_a_secret_is_set(worker, song):
+    from standardwebhooks.webhooks import Webhook
+
+    secret = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+    worker.callbacks.secret = secret
+    receiver = Receiver()
+    enqueue(worker, song, callback={"url": receiver.url, "data": None})
+    run_one(worker)
+    wait_for(lambda: receiver.calls)
+    headers, body = receiver.calls[0]
+    lower = {k.lower(): v for k, v in headers.items()}
+    Webhook(secret).verify(json.dumps(body), lower)  # raises when the signature is wrong
+    receiver.close()
+
+
+def test_a_failing_or_hanging_callback_does_not_fail_or_delay_the_job(worker, song):
+    receiver = Receiver(status=500, delay_s=2)
+    h = enqueue(worker, song, callback={"url": receiver.url, "data": 1})
+    started = time.monotonic()
+    run_one(worker)
+    assert time.monotonic() - started < 30
+    assert worker.jobs.status(h)["state"] == "done"
+    wait_for(lambda: len(receiver.calls) >= 2)  # retried
+    receiver.close()
+
+
+def test_callbacks_to_private_addresses_are_refused_unless_allowed(settings, redis_client, song):
+    st = storage.LocalStore(settings.storage_dir)
+    st.ensure_buckets()
+    w = Worker(settings.with_(callback_allow_private=False), redis_client, st, name="strict")
+    w.callbacks.delays = ()
+    receiver = Receiver()
+    h = enqueue(w, song, callback={"url": receiver.url, "data": 1})
+    run_one(w)
+    time.sleep(1)
+    assert w.jobs.status(h)["state"] == "done" and receiver.calls == []
+    receiver.close()
+
+
+def test_an_unavailable_model_fails_the_job_with_a_clear_error(worker, song):
+    h = enqueue(worker, song, model="htdemucs")
+    started = time.monotonic()
+    run_one(worker)
+    status = worker.jobs.status(h)
+    assert status["state"] == "failed" and "htdemucs" in status["error"] and "fetch-model" in status["error"]
+    assert time.monotonic() - started < 60
+    assert [json.loads(r)["songhash"] for r in worker.jobs.r.lrange(keys.DEAD, 0, -1)] == [h]
+    h2 = enqueue(worker, song, model="htdemucs", two_stems="vocals")
+    started = time.monotonic()
+    run_one(worker)  # the failed load is remembered: no second wait on the network
+    assert worker.jobs.status(h2)["state"] == "failed" and time.monotonic() - started < 2
+
+
+def test_a_song_that_does_not_decode_fails_without_retries(worker, tmp_path):
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio" * 100)
+    h = enqueue(worker, bad)
+    run_one(worker)
+    status = worker.jobs.status(h)
+    assert status["state"] == "failed" and status["attempts"] == 1 and "audio" in status["error"]
+
+
+def test_two_stems_and_flac_are_honoured(worker, song):
+    h = enqueue(worker, song, two_stems="vocals", format="flac")
+    run_one(worker)
+    assert worker.jobs.status(h)["tracks"] == ["vocals", "no_vocals"]
+    assert (worker.settings.storage_dir / "output" / f"{h}-no_vocals.flac").is_file()
+
+
+def test_the_worker_publishes_what_it_can_load(worker):
+    worker.separator("tiny")
+    seen = JobQueue(worker.jobs.r).published_models()
+    assert seen["tiny"] == {"tracks": ["drums", "bass", "other", "vocals"], "available": True}
+    assert seen["htdemucs"]["available"] is False
+
+
+def test_a_song_missing_from_the_store_fails_the_job_and_the_worker_goes_on(worker, song):
+    h = enqueue(worker, song)
+    worker.store.remove(storage.QUEUE_BUCKET, f"{h}.mp3")
+    run_one(worker)
+    status = worker.jobs.status(h)
+    assert status["state"] == "failed" and "no longer in the object store" in status["error"]
