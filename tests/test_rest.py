@@ -178,3 +178,12 @@ def test_redis_down_is_503_and_nothing_is_stored(settings, song):
         assert requests.get(live.url + "/", timeout=5).status_code == 200
     finally:
         live.close()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_songs_that_are_not_mp3_are_accepted(live_app, tmp_path, fmt):
+    path = make_song(tmp_path / f"song.{fmt}", seconds=1.5, rate=48000, fmt=fmt)
+    with open(path, "rb") as f:
+        r = requests.post(f"{live_app.url}/apiv1/separate", files={"mp3": (path.name, f)}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert live_app.backends.jobs.queued() == [r.json()["hash"]]
