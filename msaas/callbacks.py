@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _session(allow_private: bool, timeout_s: float):
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
     from standardwebhooks.webhooks import Webhook
 
-    return Webhook(secret).sign(msg_id, datetime.fromtimestamp(timestamp, tz=timezone.utc), body)
+    return Webhook(secret).sign(msg_id, datetime.fromtimestamp(timestamp, tz=UTC), body)
 
 
 class CallbackSender:

@@ -21,12 +21,14 @@ class RestServer(BaseApplication):
             "accesslog": "-" if settings.log_level == "DEBUG" else None,
             "errorlog": "-",
             "loglevel": settings.log_level.lower(),
+            "control_socket_disable": True,  # unused, and it would write under $HOME (read-only in containers)
         }
         super().__init__()
 
     def load_config(self):
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # older gunicorns lack some settings
+                self.cfg.set(key, value)
 
     def load(self):
         return create_app(self.settings)
