@@ -78,7 +78,7 @@ def cmd_fetch_model(settings: Settings, args) -> int:
 def _client(args):
     from .client import Client
 
-    return Client(args.server or os.environ.get("REST") or "localhost:5000")
+    return Client(args.server or os.environ.get("REST") or "localhost:5000", api_key=os.environ.get("MSAAS_API_KEY"))
 
 
 def cmd_separate(settings: Settings, args) -> int:

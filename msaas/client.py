@@ -21,9 +21,11 @@ def base_url(server: str) -> str:
 
 
 class Client:
-    def __init__(self, server: str = "localhost:5000", timeout_s: float = 300):
+    def __init__(self, server: str = "localhost:5000", timeout_s: float = 300, api_key: str | None = None):
         self.base = base_url(server)
         self.http = requests.Session()
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout = timeout_s
 
     def _check(self, response: requests.Response) -> dict:

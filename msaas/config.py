@@ -66,6 +66,8 @@ class Settings:
     hostname: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
     log_stdout: bool = True  # off under `msaas up`, where the logs tail prints every line once
+    api_keys: tuple[str, ...] = ()  # when set, /apiv1 wants `Authorization: Bearer <key>`
+    worker_grace_s: float = 270.0  # after SIGTERM, how long the current job may run before it is put back
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +102,8 @@ class Settings:
             hostname=env.get("HOSTNAME") or socket.gethostname(),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             log_stdout=_flag(env.get("LOG_STDOUT"), default=True),
+            api_keys=tuple(k.strip() for k in (env.get("API_KEYS") or "").split(",") if k.strip()),
+            worker_grace_s=_number(env, "WORKER_GRACE_S", cls.worker_grace_s),
         )
 
     def with_(self, **changes) -> Settings:
@@ -122,7 +126,10 @@ class Settings:
             "TORCH_THREADS": str(self.torch_threads),
             "LOG_LEVEL": self.log_level,
             "LOG_STDOUT": "1" if self.log_stdout else "0",
+            "WORKER_GRACE_S": repr(self.worker_grace_s),
         }
+        if self.api_keys:
+            env["API_KEYS"] = ",".join(self.api_keys)
         if self.minio_host:
             env.update(
                 MINIO_HOST=self.minio_host,

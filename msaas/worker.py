@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
@@ -84,9 +85,18 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
 
     def stop(self, *_args) -> None:
-        if not self.stopping.is_set():
-            log.info("worker %s stopping after the current job", self.name)
+        """SIGTERM: take no new job; let the current one finish within the grace period, else put it back."""
+        if self.stopping.is_set():
+            return
+        log.info("worker %s stopping: the current job may finish within %.0f s", self.name, self.settings.worker_grace_s)
         self.stopping.set()
+        timer = threading.Timer(self.settings.worker_grace_s, self._out_of_grace)
+        timer.daemon = True
+        timer.start()
+
+    def _out_of_grace(self) -> None:
+        log.warning("worker %s: grace period over; putting the current job back in the queue", self.name)
+        _thread.interrupt_main()  # KeyboardInterrupt in the loop; run() then retires, requeueing the job
 
     def run(self, preload: bool = True) -> None:
         import torch

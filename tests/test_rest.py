@@ -187,3 +187,21 @@ def test_songs_that_are_not_mp3_are_accepted(live_app, tmp_path, fmt):
         r = requests.post(f"{live_app.url}/apiv1/separate", files={"mp3": (path.name, f)}, timeout=30)
     assert r.status_code == 200, r.text
     assert live_app.backends.jobs.queued() == [r.json()["hash"]]
+
+
+def test_api_keys_when_configured_guard_every_api_route(settings, redis_client, song):
+    from conftest import LiveApp
+    from msaas.rest import create_app
+
+    live = LiveApp(
+        create_app(settings.with_(api_keys=("k1", "k2")), redis_client, storage.LocalStore(settings.storage_dir)), settings.port
+    )
+    try:
+        r = post_json(live, {"mp3": b64(song)})
+        assert r.status_code == 401 and "API key" in r.json()["error"] and r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert requests.get(f"{live.url}/apiv1/queue", headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 401
+        assert not live.backends.redis.keys("job:*")
+        assert post_json(live, {"mp3": b64(song)}, headers={"Authorization": "Bearer k2"}).status_code == 200
+        assert requests.get(live.url + "/", timeout=5).status_code == 200  # health checks need no key
+    finally:
+        live.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import re
 import tempfile
@@ -19,6 +20,20 @@ from .errors import ApiError
 
 log = logging.getLogger("msaas.rest")
 bp = Blueprint("api", __name__, url_prefix="/apiv1")
+
+
+@bp.before_request
+def authenticate():
+    """With API_KEYS set, every /apiv1 request needs `Authorization: Bearer <one of them>`."""
+    keys = backends().settings.api_keys
+    if not keys:
+        return None
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), k.encode()) for k in keys):
+        return None
+    response = jsonify({"error": "an API key is required: send the header Authorization: Bearer <key>"})
+    return response, 401, {"WWW-Authenticate": 'Bearer realm="msaas"'}
+
 
 SONGHASH = re.compile(r"^[0-9a-f]{56}$")
 TRACK = re.compile(r"^([a-z][a-z_]{0,31})(?:\.(mp3|wav|flac))?$")
