@@ -26,6 +26,10 @@ class TooLong(ValueError):
     """The audio is longer than the configured maximum."""
 
 
+class Truncated(NotAudio):
+    """An MP3 whose LAME/Xing/VBRI header promises more audio than the file holds."""
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     samples: int
@@ -58,6 +62,7 @@ class Decoder:
             raise NotAudio("the audio stream has no sample rate or channels")
         self.max_duration_s = max_duration_s
         claimed = float(self.container.duration / av.time_base) if self.container.duration else None
+        self.claimed_s = claimed
         if max_duration_s and claimed and claimed > max_duration_s * 1.05:
             self.container.close()
             raise TooLong(f"the audio lasts {claimed:.0f} s, more than the {max_duration_s:.0f} s allowed")
@@ -88,12 +93,30 @@ class Decoder:
             raise NotAudio(f"the audio could not be decoded ({exc.__class__.__name__})") from None
 
 
+def _mp3_length_header(path: Path) -> bool:
+    """Whether the first MP3 frame is a LAME/Xing/VBRI header: then the length it states is exact, not estimated."""
+    with open(path, "rb") as handle:
+        head = handle.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:  # skip an ID3v2 tag: syncsafe size, plus a footer if flagged
+            start = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F))
+            start += 10 if head[5] & 0x10 else 0
+        handle.seek(start)
+        frame = handle.read(256)
+    return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
+
+
 def probe(path: Path, max_duration_s: float | None = None) -> AudioInfo:
-    """Decode the whole file without keeping it: the exact sample count, or NotAudio/TooLong."""
+    """Decode the whole file without keeping it: the exact sample count, or NotAudio/Truncated/TooLong."""
     with Decoder(path, max_duration_s) as decoder:
         samples = sum(block.shape[1] for block in decoder.blocks())
         if samples == 0:
             raise NotAudio("the file decodes to no audio at all")
+        decoded_s, claimed_s = samples / decoder.rate, decoder.claimed_s
+        # Only a header's stated length is trusted: without one, FFmpeg estimates it from the bitrate.
+        if decoder.codec.startswith("mp3") and claimed_s and decoded_s < claimed_s - max(0.2, 0.01 * claimed_s):
+            if _mp3_length_header(path):
+                raise Truncated(f"the MP3 is cut short: its header says {claimed_s:.1f} s, the file holds {decoded_s:.1f} s")
         return AudioInfo(samples, decoder.rate, decoder.channels, decoder.codec)
 
 

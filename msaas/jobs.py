@@ -142,13 +142,17 @@ class JobQueue:
         pipe.lrem(keys.processing_key(worker), 1, job.raw)
         pipe.execute()
 
-    def fail(self, worker: str, job: Job, error: str, retry: bool) -> bool:
-        """Put the job back (when `retry` and attempts remain) or end it as failed; True when requeued."""
+    def fail(self, worker: str, job: Job, error: str, retry: bool, charge: bool = True) -> bool:
+        """Put the job back (when `retry` and attempts remain) or end it as failed; True when requeued.
+
+        `charge=False` (an outage, not the job's fault) gives the attempt back and always requeues."""
         key = keys.job_key(job.songhash)
         attempts = int(self.r.hget(key, "attempts") or 0)
-        again = retry and attempts < self.max_attempts
+        again = retry and (attempts < self.max_attempts or not charge)
         now = time.time()
         pipe = self.r.pipeline()
+        if not charge:
+            pipe.hincrby(key, "attempts", -1)
         if again:
             pipe.hset(key, mapping={"state": "queued", "stage": "queued", "error": error, "updated": now})
             pipe.lpush(keys.QUEUE, job.raw)

@@ -43,6 +43,7 @@ class Worker:
         self.separators: dict[str, Separator] = {}
         self.load_errors: dict[str, tuple[float, str]] = {}
         self.stopping = threading.Event()
+        self.outage_backoff_s = 0.0
 
     # --- models ----------------------------------------------------------------------------
     def separator(self, name: str) -> Separator:
@@ -174,11 +175,19 @@ class Worker:
         except storage.ObjectNotFound:
             self._fail(job, "the uploaded song is no longer in the object store; upload it again", retry=False)
             return
+        except (storage.StorageError, redis.RedisError) as exc:
+            # An outage is not the song's fault: put the job back without spending an attempt, and wait before the next.
+            self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True, charge=False)
+            self.outage_backoff_s = min(max(1.0, self.outage_backoff_s * 2), 60.0)
+            log.warning("backend unavailable; next job in %.0f s", self.outage_backoff_s)
+            self.stopping.wait(self.outage_backoff_s)
+            return
         except Exception as exc:  # storage or redis hiccups, out of memory, a bug: retried up to JOB_MAX_ATTEMPTS
             log.exception("job %s: separation failed", job.songhash)
             self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True)
             return
         self.jobs.finish(self.name, job, tracks)
+        self.outage_backoff_s = 0.0
         log.info("job %s: done in %.1f s, tracks %s", job.songhash, time.monotonic() - started, ", ".join(tracks))
         self._call_back(job, "done", tracks)
 
@@ -204,9 +213,9 @@ class Worker:
             self.store.put_file(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, ext), path, content_type)
         return list(stems)
 
-    def _fail(self, job: Job, error: str, retry: bool) -> None:
+    def _fail(self, job: Job, error: str, retry: bool, charge: bool = True) -> None:
         try:
-            again = self.jobs.fail(self.name, job, error, retry)
+            again = self.jobs.fail(self.name, job, error, retry, charge)
         except redis.RedisError as exc:
             log.error(
                 "job %s failed (%s) and redis is unreachable (%s); it stays in my processing list", job.songhash, error, exc

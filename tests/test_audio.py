@@ -45,3 +45,25 @@ def test_audio_over_the_maximum_duration_is_refused(tmp_path):
     with pytest.raises(audio.TooLong):
         audio.probe(path, max_duration_s=2)
     assert audio.probe(path, max_duration_s=10).duration_s == pytest.approx(5, abs=0.01)
+
+
+def test_a_truncated_mp3_is_refused_and_a_whole_one_is_not(tmp_path):
+    whole = make_song(tmp_path / "whole.mp3", seconds=6)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(audio.Truncated, match="cut short"):
+        audio.probe(cut)
+    assert audio.probe(whole).duration_s == pytest.approx(6, abs=0.01)
+
+
+def test_an_mp3_without_a_length_header_is_not_called_truncated(tmp_path):
+    whole = make_song(tmp_path / "whole.mp3", seconds=6)
+    data = bytearray(whole.read_bytes())
+    for tag in (b"Xing", b"Info"):  # as if another encoder had written no header: FFmpeg then only estimates the length
+        at = data.find(tag)
+        if at >= 0:
+            data[at : at + 4] = b"\0\0\0\0"
+    plain = tmp_path / "plain.mp3"
+    plain.write_bytes(bytes(data[: len(data) // 2]))
+    assert audio.probe(plain).duration_s > 2

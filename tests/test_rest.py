@@ -205,3 +205,11 @@ def test_api_keys_when_configured_guard_every_api_route(settings, redis_client, 
         assert requests.get(live.url + "/", timeout=5).status_code == 200  # health checks need no key
     finally:
         live.close()
+
+
+def test_a_truncated_mp3_is_refused_with_422_and_nothing_left(live_app, tmp_path):
+    data = make_song(tmp_path / "s.mp3", seconds=6).read_bytes()
+    before = leftovers(live_app)
+    r = post_json(live_app, {"mp3": base64.b64encode(data[: len(data) // 2]).decode()})
+    assert r.status_code == 422 and "cut short" in r.json()["error"]
+    assert leftovers(live_app) == before

@@ -170,3 +170,13 @@ def test_a_song_missing_from_the_store_fails_the_job_and_the_worker_goes_on(work
     run_one(worker)
     status = worker.jobs.status(h)
     assert status["state"] == "failed" and "no longer in the object store" in status["error"]
+
+
+def test_an_object_store_outage_requeues_without_spending_attempts(worker, song):
+    h = enqueue(worker, song)
+    worker.store = storage.S3Store(f"127.0.0.1:{free_port()}", "a", "b")  # an object store that is down
+    started = time.monotonic()
+    run_one(worker)
+    status = worker.jobs.status(h)
+    assert status["state"] == "queued" and status["attempts"] == 0
+    assert worker.jobs.queued() == [h] and worker.outage_backoff_s >= 1 and time.monotonic() - started >= 1

@@ -138,6 +138,8 @@ def separate():
         tmp.flush()
         try:
             info = audio.probe(Path(tmp.name), b.settings.max_duration_s)
+        except audio.Truncated as exc:
+            raise ApiError(422, f"{exc}; upload the whole file") from None
         except audio.NotAudio as exc:
             raise ApiError(415, f"not a song MSaaS can read: {exc}") from None
         except audio.TooLong as exc:
