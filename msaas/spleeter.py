@@ -126,13 +126,18 @@ class SpleeterSeparator:
         above = ratio.mean(dim=2, keepdim=True).expand(-1, -1, N_FFT // 2 + 1 - BINS, -1)
         return torch.cat([ratio, above], dim=2)
 
-    def separate(self, mix: torch.Tensor, progress: Callable[[float], None] = lambda f: None) -> torch.Tensor:
-        """[2, n] at 44.1 kHz -> [2 tracks, 2, n]."""
+    def stream(
+        self, mix: torch.Tensor, emit: Callable[[torch.Tensor], None], progress: Callable[[float], None] = lambda f: None
+    ) -> None:
+        """[2, n] at 44.1 kHz -> `emit`s of [2 tracks, 2, k], each stretch as soon as no later frame overlaps it."""
         length = mix.shape[-1]
         frames = length // HOP + 1  # as torch.stft(center=True) counts them
-        padded = F.pad(mix.to(self.device), (N_FFT // 2, N_FFT // 2))
-        out = torch.zeros(len(TRACKS), 2, length + N_FFT, device=self.device)
-        norm = torch.zeros(length + N_FFT, device=self.device)
+        half = N_FFT // 2
+        padded = F.pad(mix.to(self.device), (half, half))
+        span_max = (PATCH - 1) * HOP + N_FFT
+        out = torch.zeros(len(TRACKS), 2, span_max, device=self.device)  # overlap-add, from `base` in padded samples
+        norm = torch.zeros(span_max, device=self.device)
+        base, emitted = 0, 0
         patches = math.ceil(frames / PATCH)
         with torch.inference_mode():
             for p in range(patches):
@@ -142,11 +147,21 @@ class SpleeterSeparator:
                 masked = self.masks(spec) * spec  # [S, 2, 2049, T]
                 grains = torch.fft.irfft(masked, n=N_FFT, dim=2) * self.window[:, None]  # [S, 2, 4096, T]
                 span = stop - start
-                out[:, :, start:stop] += F.fold(
+                at = start - base
+                out[:, :, at : at + span] += F.fold(
                     grains.reshape(-1, N_FFT, last - first), (1, span), (1, N_FFT), stride=(1, HOP)
                 ).reshape(len(TRACKS), 2, span)
                 win2 = (self.window**2)[None, :, None].expand(1, N_FFT, last - first)
-                norm[start:stop] += F.fold(win2, (1, span), (1, N_FFT), stride=(1, HOP)).reshape(span)
+                norm[at : at + span] += F.fold(win2, (1, span), (1, N_FFT), stride=(1, HOP)).reshape(span)
+                # Samples before the next patch's first frame get nothing more: emit them (in the song's own positions).
+                final = last * HOP if p + 1 < patches else length + half
+                end = min(final - half, length)
+                if end > emitted:
+                    lo, hi = emitted + half - base, end + half - base
+                    emit((out[:, :, lo:hi] / norm[lo:hi].clamp_min(1e-8)).cpu())
+                    emitted = end
+                keep = final - base
+                out = torch.cat([out[:, :, keep:], torch.zeros(len(TRACKS), 2, keep, device=self.device)], dim=-1)
+                norm = torch.cat([norm[keep:], torch.zeros(keep, device=self.device)])
+                base = final
                 progress((p + 1) / patches)
-        half = N_FFT // 2
-        return (out[:, :, half : half + length] / norm[half : half + length].clamp_min(1e-8)).cpu()

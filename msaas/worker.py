@@ -31,6 +31,7 @@ STAGES = {
     "uploading": (0.98, 1.0),
 }
 RETRY_LOAD_AFTER_S = 300
+MODELS_KEPT = 2  # the default model and the last other one used: each holds hundreds of MB
 
 
 class Worker:
@@ -49,6 +50,7 @@ class Worker:
     def separator(self, name: str) -> Separator:
         """Each model is loaded once per worker; a failed load is remembered for a while, not retried per job."""
         if name in self.separators:
+            self.separators[name] = self.separators.pop(name)  # most recently used last
             return self.separators[name]
         failed = self.load_errors.get(name)
         if failed and time.monotonic() - failed[0] < RETRY_LOAD_AFTER_S:
@@ -61,6 +63,10 @@ class Worker:
             self.load_errors[name] = (time.monotonic(), str(exc))
             raise
         log.info("model %s loaded in %.1f s (tracks %s)", name, time.monotonic() - started, ", ".join(sep.tracks))
+        while len(self.separators) >= MODELS_KEPT:
+            unused = next((n for n in self.separators if n != self.settings.demucs_model), next(iter(self.separators)))
+            log.info("unloading model %s", unused)
+            del self.separators[unused]
         self.separators[name] = sep
         self.publish_models()
         return sep

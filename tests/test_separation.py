@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TINY, make_song
 from msaas import audio, models
-from msaas.separation import ModelUnavailable, load_separator, separate_file
+from msaas.separation import ModelUnavailable, StreamResampler, load_separator, separate_all, separate_file
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +77,10 @@ class Identity:
 
     name, tracks, samplerate = "identity", ["all"], 44100
 
-    def separate(self, mix, progress):
+    def stream(self, mix, emit, progress):
+        for start in range(0, mix.shape[-1], 30000):  # blocks of any size, as real separators emit
+            emit(mix[None, :, start : start + 30000].clone())
         progress(1.0)
-        return mix[None].clone()
 
 
 @pytest.mark.parametrize("rate", [44100, 48000, 22050])
@@ -96,3 +98,64 @@ def test_the_audio_path_keeps_length_and_alignment_to_the_sample(tmp_path, rate)
     window = slice(rate - 500, rate + 500)
     lag = int(np.argmax(np.correlate(stem[0, window], decoded[0, window], "full"))) - 999
     assert lag == 0
+
+
+def _error_db(estimate, reference) -> float:
+    error = float(((estimate - reference) ** 2).sum())
+    return 10 * np.log10(max(error, 1e-30) / float((reference**2).sum()))
+
+
+def _apply_model_whole(separator, mix):
+    """demucs' own whole-song path, as its command line runs it (no random shift)."""
+    from demucs.apply import apply_model
+
+    ref = mix.mean(0)
+    mean, std = ref.mean(), ref.std().clamp_min(1e-8)
+    with torch.inference_mode():
+        out = apply_model(separator.model, ((mix - mean) / std)[None], shifts=0, split=True, overlap=0.25)[0]
+    return out * std + mean
+
+
+def test_streamed_demucs_equals_a_whole_song_apply_model(tiny):
+    mix = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 44100 * 15)).astype(np.float32) * 0.1)
+    blocks = []
+    tiny.stream(mix, blocks.append)
+    assert len(blocks) > 3 and sum(b.shape[-1] for b in blocks) == mix.shape[-1]
+    assert _error_db(torch.cat(blocks, -1), _apply_model_whole(tiny, mix)) < -60
+
+
+def test_a_weighted_bag_of_models_streams_like_apply_model(tiny_repo, tmp_path):
+    import shutil
+
+    import yaml
+
+    from conftest import build_tiny_model
+
+    repo = build_tiny_model(tmp_path / "bag", name="one")
+    for f in tiny_repo.glob("*.th"):
+        shutil.copy(f, repo / f.name.replace("tiny0001", "tiny0002"))
+    (repo / "pair.yaml").write_text(yaml.safe_dump({"models": ["tiny0001", "tiny0002"], "weights": [[1, 0, 2, 1], [1, 1, 0, 1]]}))
+    pair = load_separator("pair", repo, "cpu")
+    mix = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 44100 * 9)).astype(np.float32) * 0.1)
+    assert _error_db(separate_all(pair, mix), _apply_model_whole(pair, mix)) < -60
+
+
+@pytest.mark.parametrize("old,new", [(48000, 44100), (44100, 48000), (22050, 44100), (44100, 22050), (32000, 44100)])
+def test_the_stream_resampler_equals_resampling_the_whole_signal(old, new):
+    import julius
+
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((2, old * 3 + 123)).astype(np.float32))
+    length = int(x.shape[-1] * new / old)
+    whole = julius.resample_frac(x, old, new, output_length=length)
+    resampler = StreamResampler(old, new, length)
+    sizes = np.random.default_rng(4).integers(1, 40000, size=100)
+    pieces, at = [], 0
+    for size in sizes:
+        if at >= x.shape[-1]:
+            break
+        pieces.append(resampler.push(x[..., at : at + size]))
+        at += size
+    pieces.append(resampler.flush())
+    streamed = torch.cat(pieces, -1)
+    assert streamed.shape == whole.shape
+    assert _error_db(streamed, whole) < -100

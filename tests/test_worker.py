@@ -180,3 +180,17 @@ def test_an_object_store_outage_requeues_without_spending_attempts(worker, song)
     status = worker.jobs.status(h)
     assert status["state"] == "queued" and status["attempts"] == 0
     assert worker.jobs.queued() == [h] and worker.outage_backoff_s >= 1 and time.monotonic() - started >= 1
+
+
+def test_a_worker_keeps_the_default_model_and_one_other(worker, tiny_repo):
+    import shutil
+
+    for name in ("second", "third"):
+        shutil.copy(tiny_repo / "tiny.yaml", tiny_repo / f"{name}.yaml")
+    try:
+        for name in ("tiny", "second", "third"):
+            worker.separator(name)
+        assert list(worker.separators) == ["tiny", "third"]
+    finally:
+        for name in ("second", "third"):
+            (tiny_repo / f"{name}.yaml").unlink()

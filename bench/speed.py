@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""MSaaS against the `demucs` command line: time and peak RSS on the same model and inputs, in one run on one machine.
+
+- anchor: `python -m demucs.separate --repo REPO -n htdemucs --mp3` (a fresh process per song, as users run it)
+- MSaaS: rest + a warm worker (real processes, the bundled redis-server, local store); upload -> every stem stored
+- model only: the forward passes alone, the lower bound for both
+The model is htdemucs' full-size architecture with random weights (compute does not depend on the weights).
+Usage: python bench/speed.py [SECONDS ...]   (default 30 120 600)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from worker_memory import full_size_htdemucs, song  # noqa: E402
+
+from msaas import audio, redisproc  # noqa: E402
+from msaas.client import Client  # noqa: E402
+
+PEAK_OF_CHILD = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(repo: Path, path: Path, out: Path) -> tuple[float, float]:
+    command = [sys.executable, "-m", "demucs.separate", "--repo", str(repo), "-n", "htdemucs", "--mp3", "-o", str(out), str(path)]
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, *command], capture_output=True, text=True)
+    elapsed = time.monotonic() - started
+    if run.returncode:
+        raise RuntimeError(run.stderr[-2000:])
+    return elapsed, int(run.stdout.split()[-1]) / 1024
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def model_only(repo: Path, path: Path) -> float:
+    """Seconds spent in the model's forward passes alone when separating `path`."""
+    import torch
+
+    from msaas.separation import cpu_budget, load_separator, separate_all
+
+    torch.set_num_threads(cpu_budget())
+    separator = load_separator("htdemucs", repo, "cpu")
+    spent = [0.0]
+    for member in getattr(separator.model, "models", [separator.model]):
+        forward = member.forward
+
+        def timed(*args, forward=forward, **kwargs):
+            started = time.perf_counter()
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - started
+
+        member.forward = timed
+    wave, _ = audio.decode(path)
+    separate_all(separator, torch.from_numpy(wave))
+    return spent[0]
+
+
+def main(lengths: list[int]) -> None:
+    repo = full_size_htdemucs()
+    work = Path(tempfile.mkdtemp(prefix="msaas-bench-"))
+    redis_port, port = free_port(), free_port()
+    server = redisproc.start(redis_port, work / "redis", persist=False)
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "STORAGE_DIR": str(work / "storage"),
+        "PORT": str(port),
+        "DEMUCS_REPO": str(repo),
+        "DEMUCS_MODEL": "htdemucs",
+        "MAX_UPLOAD_MB": "200",
+        "LOG_STDOUT": "0",
+    }
+    worker = subprocess.Popen([sys.executable, "-m", "msaas.cli", "worker"], env=env, start_new_session=True)
+    rest = subprocess.Popen(
+        [sys.executable, "-m", "msaas.cli", "rest"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rows = []
+    try:
+        client = Client(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 120
+        while True:  # warm: the worker has loaded the model once this answers and the model list says so
+            try:
+                if client.models() and any(m["name"] == "htdemucs" and m["available"] for m in client.models()["models"]):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the stack did not come up")
+            time.sleep(0.5)
+        time.sleep(5)
+        for seconds in lengths:
+            path = song(seconds)
+            cli_s, cli_mb = cli(repo, path, work / f"cli-{seconds}")
+            Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # reset the worker's peak RSS
+            started = time.monotonic()
+            status = client.wait(client.submit(path)["hash"], timeout_s=7200)
+            msaas_s = time.monotonic() - started
+            assert status["state"] == "done", status
+            msaas_mb = vm_hwm_mb(worker.pid)
+            forward_s = model_only(repo, path)
+            rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s))
+            print_rows(rows)
+    finally:
+        for proc in (rest, worker):
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+        server.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_rows(rows) -> None:
+    print(
+        f"{'song':>6} | {'demucs CLI':>10} {'MSaaS':>8} {'ratio':>6} | {'CLI RSS':>8} {'MSaaS RSS':>9} {'ratio':>6} | {'model only':>10} {'share':>6}"
+    )
+    for seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s in rows:
+        print(
+            f"{seconds:>5}s | {cli_s:>9.1f}s {msaas_s:>7.1f}s {msaas_s / cli_s:>6.2f} | {cli_mb:>6.0f}MB {msaas_mb:>7.0f}MB "
+            f"{msaas_mb / cli_mb:>6.2f} | {forward_s:>9.1f}s {forward_s / msaas_s:>6.0%}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [30, 120, 600])
