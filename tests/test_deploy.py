@@ -130,6 +130,15 @@ def test_each_container_gets_what_the_code_needs_and_nothing_misspelled(path):
             assert {"MINIO_HOST", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"} <= set(env)
 
 
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_setting_comes_from_the_configmap_or_a_secret(path):
+    for deployment in by_kind(render(path), "Deployment").values():
+        for c in deployment["spec"]["template"]["spec"]["containers"]:
+            for item in c.get("env", []):
+                source = item.get("valueFrom", {})
+                assert "secretKeyRef" in source or "configMapKeyRef" in source, f"{c['name']}: {item['name']} is written in the manifest"
+
+
 def test_each_container_runs_a_command_of_the_package():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     subcommands = parser()._subparsers._group_actions[0].choices
