@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 
@@ -59,7 +60,7 @@ class Stack:
         self.stopping = threading.Event()
 
     def start(self) -> None:
-        port = int(self.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+        port = urlparse(self.settings.redis_url).port or 6379
         log.info("starting redis-server on port %d (data in %s)", port, self.root / "redis")
         self.redis = redisproc.start(port, self.root / "redis")
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}

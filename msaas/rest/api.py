@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import logging
 import re
 import tempfile
@@ -46,8 +47,6 @@ def _form_fields() -> tuple[dict, bytes]:
         raise ApiError(400, "multipart upload needs a file field named mp3 (curl -F mp3=@song.mp3)")
     fields: dict = {k: v for k, v in request.form.items() if k in FIELDS}
     if "callback" in fields:
-        import json
-
         try:
             fields["callback"] = json.loads(fields["callback"])
         except ValueError:
