@@ -121,15 +121,21 @@ def probe(path: Path, max_duration_s: float | None = None) -> AudioInfo:
 
 
 def decode(path: Path, max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
-    """The whole file as float32 [2, samples] (mono is duplicated) and its sample rate."""
+    """The whole file as float32 [2, samples] (mono is duplicated) and its sample rate.
+
+    Counted first, then decoded into one array: the song is held once, never as blocks plus their concatenation."""
     with Decoder(path, max_duration_s) as decoder:
-        blocks = list(decoder.blocks())
-        rate = decoder.rate
-    if not blocks:
+        samples = sum(block.shape[1] for block in decoder.blocks())
+    if samples == 0:
         raise NotAudio("the file decodes to no audio at all")
-    wave = np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
-    if wave.shape[0] == 1:
-        wave = np.repeat(wave, 2, axis=0)
+    wave = np.empty((2, samples), dtype=np.float32)
+    at = 0
+    with Decoder(path, max_duration_s) as decoder:
+        rate = decoder.rate
+        for block in decoder.blocks():
+            n = min(block.shape[1], samples - at)
+            wave[:, at : at + n] = block[:, :n]  # a mono block fills both channels
+            at += n
     return wave, rate
 
 

@@ -32,14 +32,16 @@ class Separator(Protocol):
     samplerate: int
 
     def stream(self, mix: torch.Tensor, emit: Emit, progress: Callable[[float], None]) -> None:
-        """[2, n] at `samplerate` -> `emit` called with consecutive [len(tracks), 2, k] blocks that add up to n samples."""
+        """[2, n] at `samplerate` -> `emit` called with consecutive [len(tracks), 2, k] blocks that add up to n samples.
+
+        `mix` is the separator's to overwrite (a long song is not copied): pass a clone to keep it."""
         ...
 
 
 def separate_all(separator: Separator, mix: torch.Tensor, progress: Callable[[float], None] = lambda f: None) -> torch.Tensor:
     """The whole song's stems at once, [len(tracks), 2, n] (for tests and small songs)."""
     blocks: list[torch.Tensor] = []
-    separator.stream(mix, blocks.append, progress)
+    separator.stream(mix.clone(), blocks.append, progress)
     return torch.cat(blocks, dim=-1)
 
 
@@ -112,7 +114,8 @@ class DemucsSeparator:
 
         ref = mix.mean(0)
         mean, std = ref.mean(), ref.std().clamp_min(1e-8)
-        normalized = ((mix - mean) / std)[None]
+        del ref
+        normalized = mix.sub_(mean).div_(std)[None]  # in place: the song is held once
         out = torch.zeros(len(self.tracks), 2, segment_length)
         total = torch.zeros(segment_length)
         offsets = list(range(0, length, stride))

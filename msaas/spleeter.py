@@ -133,7 +133,7 @@ class SpleeterSeparator:
         length = mix.shape[-1]
         frames = length // HOP + 1  # as torch.stft(center=True) counts them
         half = N_FFT // 2
-        padded = F.pad(mix.to(self.device), (half, half))
+        mix = mix.to(self.device)
         span_max = (PATCH - 1) * HOP + N_FFT
         out = torch.zeros(len(TRACKS), 2, span_max, device=self.device)  # overlap-add, from `base` in padded samples
         norm = torch.zeros(span_max, device=self.device)
@@ -143,7 +143,10 @@ class SpleeterSeparator:
             for p in range(patches):
                 first, last = p * PATCH, min((p + 1) * PATCH, frames)
                 start, stop = first * HOP, (last - 1) * HOP + N_FFT
-                spec = torch.stft(padded[:, start:stop], N_FFT, HOP, window=self.window, center=False, return_complex=True)
+                # The song's samples for these frames, with the zeros that centring the first and last frames needs.
+                lo, hi = start - half, stop - half
+                piece = F.pad(mix[:, max(lo, 0) : max(min(hi, length), 0)], (max(0, -lo), max(0, hi - length)))
+                spec = torch.stft(piece, N_FFT, HOP, window=self.window, center=False, return_complex=True)
                 masked = self.masks(spec) * spec  # [S, 2, 2049, T]
                 grains = torch.fft.irfft(masked, n=N_FFT, dim=2) * self.window[:, None]  # [S, 2, 4096, T]
                 span = stop - start

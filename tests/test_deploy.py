@@ -136,7 +136,9 @@ def test_every_setting_comes_from_the_configmap_or_a_secret(path):
         for c in deployment["spec"]["template"]["spec"]["containers"]:
             for item in c.get("env", []):
                 source = item.get("valueFrom", {})
-                assert "secretKeyRef" in source or "configMapKeyRef" in source, f"{c['name']}: {item['name']} is written in the manifest"
+                assert "secretKeyRef" in source or "configMapKeyRef" in source, (
+                    f"{c['name']}: {item['name']} is written in the manifest"
+                )
 
 
 def test_each_container_runs_a_command_of_the_package():
