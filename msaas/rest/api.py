@@ -27,7 +27,7 @@ bp = Blueprint("api", __name__, url_prefix="/apiv1")
 def authenticate():
     """With API_KEYS set, every /apiv1 request needs `Authorization: Bearer <one of them>`."""
     keys = backends().settings.api_keys
-    if not keys:
+    if not keys or request.endpoint == "api.openapi":
         return None
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), k.encode()) for k in keys):
@@ -218,6 +218,13 @@ def remove(songhash: str, track: str):
         pass  # already gone from the store: forgetting it is all that is left to do
     b.jobs.forget_track(songhash, name)
     return jsonify({"hash": songhash, "track": name, "removed": True})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    from .openapi import spec
+
+    return jsonify(spec())
 
 
 @bp.get("/models")

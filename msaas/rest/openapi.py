@@ -1,0 +1,164 @@
+"""The API's OpenAPI 3.1 description, served at /apiv1/openapi.json (tests hold it to the routes)."""
+
+from __future__ import annotations
+
+from .. import audio
+
+ERROR = {"$ref": "#/components/responses/Error"}
+SONGHASH = {"name": "songhash", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{56}$"}}
+TRACK = {"name": "track", "in": "path", "required": True, "schema": {"type": "string"}, "description": "`vocals` or `vocals.mp3`"}
+
+
+def _choices() -> dict:
+    return {
+        "model": {"type": "string", "description": "a model of GET /apiv1/models; default: the server's DEMUCS_MODEL"},
+        "two_stems": {"type": "string", "description": "one track and the rest, e.g. vocals -> vocals + no_vocals"},
+        "format": {"type": "string", "enum": list(audio.FORMATS)},
+        "bitrate": {"type": "integer", "enum": list(audio.BITRATES), "description": "kbps, mp3 only"},
+    }
+
+
+def spec() -> dict:
+    callback = {
+        "type": "object",
+        "required": ["url"],
+        "properties": {"url": {"type": "string", "format": "uri"}, "data": {"description": "returned as is in the callback"}},
+    }
+    removed = {"200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}}, "404": ERROR}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "MSaaS: music separation as a service", "version": "1"},
+        "paths": {
+            "/": {"get": {"summary": "health page for load balancers", "responses": {"200": {"description": "HTML page"}}}},
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "the process answers"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "readiness: Redis and the object store answer",
+                    "responses": {"200": {"description": "ready"}, "503": ERROR},
+                }
+            },
+            "/apiv1/separate": {
+                "post": {
+                    "summary": "upload a song to separate",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["mp3"],
+                                    "properties": {
+                                        "mp3": {"type": "string", "contentEncoding": "base64"},
+                                        **_choices(),
+                                        "callback": callback,
+                                    },
+                                }
+                            },
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["mp3"],
+                                    "properties": {
+                                        "mp3": {"type": "string", "contentMediaType": "application/octet-stream"},
+                                        **_choices(),
+                                        "callback": {"type": "string", "description": "JSON of {url, data}"},
+                                    },
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "queued, or already known",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
+                        },
+                        **{code: ERROR for code in ("400", "401", "413", "415", "422", "503")},
+                    },
+                }
+            },
+            "/apiv1/queue": {
+                "get": {
+                    "summary": "songs waiting, oldest first",
+                    "responses": {
+                        "200": {
+                            "description": "the queue",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"queue": {"type": "array", "items": {"type": "string"}}},
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            },
+            "/apiv1/status/{songhash}": {
+                "get": {
+                    "summary": "a job's state, stage, progress and tracks",
+                    "parameters": [SONGHASH],
+                    "responses": {
+                        "200": {
+                            "description": "status",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}},
+                        },
+                        "404": ERROR,
+                    },
+                }
+            },
+            "/apiv1/track/{songhash}/{track}": {
+                "get": {
+                    "summary": "download a stem",
+                    "parameters": [SONGHASH, TRACK],
+                    "responses": {
+                        "200": {"description": "the stem", "content": {t: {} for *_, t in audio.FORMATS.values()}},
+                        "404": ERROR,
+                    },
+                },
+                "delete": {"summary": "remove a stem", "parameters": [SONGHASH, TRACK], "responses": removed},
+            },
+            "/apiv1/remove/{songhash}/{track}": {
+                "get": {"summary": "remove a stem (the course's route)", "parameters": [SONGHASH, TRACK], "responses": removed},
+                "delete": {"summary": "remove a stem", "parameters": [SONGHASH, TRACK], "responses": removed},
+            },
+            "/apiv1/models": {
+                "get": {
+                    "summary": "models, their tracks, whether their weights are available",
+                    "responses": {
+                        "200": {"description": "models", "content": {"application/json": {"schema": {"type": "object"}}}}
+                    },
+                }
+            },
+            "/apiv1/openapi.json": {"get": {"summary": "this description", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        },
+        "components": {
+            "schemas": {
+                "Accepted": {
+                    "type": "object",
+                    "required": ["hash", "reason"],
+                    "properties": {"hash": {"type": "string"}, "reason": {"type": "string"}},
+                },
+                "Status": {
+                    "type": "object",
+                    "properties": {
+                        "hash": {"type": "string"},
+                        "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+                        "stage": {"type": "string"},
+                        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                        "model": {"type": "string"},
+                        "tracks": {"type": "array", "items": {"type": "string"}},
+                        "error": {"type": "string"},
+                        "urls": {"type": "object"},
+                    },
+                },
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            },
+            "responses": {
+                "Error": {
+                    "description": "an error",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }
+            },
+        },
+    }
