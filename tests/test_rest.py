@@ -213,3 +213,17 @@ def test_a_truncated_mp3_is_refused_with_422_and_nothing_left(live_app, tmp_path
     r = post_json(live_app, {"mp3": base64.b64encode(data[: len(data) // 2]).decode()})
     assert r.status_code == 422 and "cut short" in r.json()["error"]
     assert leftovers(live_app) == before
+
+
+def test_all_stems_download_as_one_zip(live_app, song, tmp_path):
+    import io
+    import zipfile
+
+    h = done_job(live_app, song)
+    r = requests.get(f"{live_app.url}/apiv1/zip/{h}", timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as archive:
+        assert archive.namelist() == ["vocals.mp3", "drums.mp3"]
+        assert archive.read("vocals.mp3") == song.read_bytes()
+    queued = post_json(live_app, {"mp3": b64(make_song(tmp_path / "other.mp3", seconds=1, seed=9))}).json()["hash"]
+    assert requests.get(f"{live_app.url}/apiv1/zip/{queued}", timeout=5).status_code == 404

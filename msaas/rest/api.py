@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import io
 import json
 import logging
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request
@@ -205,6 +207,50 @@ def track(songhash: str, track: str):
         raise ApiError(404, f"track {name} of {songhash} is no longer stored") from None
     headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{name}.{ext}"'}
     return Response(chunks, mimetype=content_type, headers=headers)
+
+
+class _Sink(io.RawIOBase):
+    """A write-only stream whose bytes a generator hands on: zipfile writes, the response reads."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+@bp.get("/zip/<songhash>")
+def zip_of_stems(songhash: str):
+    """Every stem of a song in one zip, streamed from the store as it is read (stems are stored, not recompressed)."""
+    record = _song(songhash)
+    if record["state"] != "done" or not record["tracks"]:
+        raise ApiError(404, f"song {songhash} has no stems yet (the job is {record['state']})")
+    ext = audio.FORMATS[record["options"].get("format", "mp3")][3]
+    store = backends().store
+    opened = [
+        (track, store.stream(storage.OUTPUT_BUCKET, storage.stem_name(songhash, track, ext))[1]) for track in record["tracks"]
+    ]
+
+    def body():
+        sink = _Sink()
+        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
+            for track, chunks in opened:
+                with archive.open(f"{track}.{ext}", "w", force_zip64=True) as entry:
+                    for chunk in chunks:
+                        entry.write(chunk)
+                        yield sink.drain()
+        yield sink.drain()
+
+    headers = {"Content-Disposition": f'attachment; filename="{songhash[:12]}-stems.zip"'}
+    return Response(body(), mimetype="application/zip", headers=headers)
 
 
 @bp.route("/remove/<songhash>/<track>", methods=["GET", "DELETE"])

@@ -122,6 +122,13 @@ def spec() -> dict:
                 "get": {"summary": "remove a stem (the course's route)", "parameters": [SONGHASH, TRACK], "responses": removed},
                 "delete": {"summary": "remove a stem", "parameters": [SONGHASH, TRACK], "responses": removed},
             },
+            "/apiv1/zip/{songhash}": {
+                "get": {
+                    "summary": "every stem of a song in one zip",
+                    "parameters": [SONGHASH],
+                    "responses": {"200": {"description": "the stems", "content": {"application/zip": {}}}, "404": ERROR},
+                }
+            },
             "/apiv1/models": {
                 "get": {
                     "summary": "models, their tracks, whether their weights are available",
