@@ -68,6 +68,7 @@ class Settings:
     log_stdout: bool = True  # off under `msaas up`, where the logs tail prints every line once
     api_keys: tuple[str, ...] = ()  # when set, /apiv1 wants `Authorization: Bearer <key>`
     worker_grace_s: float = 270.0  # after SIGTERM, how long the current job may run before it is put back
+    metrics_port: int = 9100  # a worker's Prometheus metrics; 0: none
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +105,7 @@ class Settings:
             log_stdout=_flag(env.get("LOG_STDOUT"), default=True),
             api_keys=tuple(k.strip() for k in (env.get("API_KEYS") or "").split(",") if k.strip()),
             worker_grace_s=_number(env, "WORKER_GRACE_S", cls.worker_grace_s),
+            metrics_port=int(_number(env, "METRICS_PORT", cls.metrics_port)),
         )
 
     def with_(self, **changes) -> Settings:
@@ -127,6 +129,7 @@ class Settings:
             "LOG_LEVEL": self.log_level,
             "LOG_STDOUT": "1" if self.log_stdout else "0",
             "WORKER_GRACE_S": repr(self.worker_grace_s),
+            "METRICS_PORT": str(self.metrics_port),
         }
         if self.api_keys:
             env["API_KEYS"] = ",".join(self.api_keys)

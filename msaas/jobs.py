@@ -140,6 +140,7 @@ class JobQueue:
         )
         pipe.hdel(keys.job_key(job.songhash), "error")
         pipe.lrem(keys.processing_key(worker), 1, job.raw)
+        pipe.hincrby(keys.STATS, "done", 1)
         pipe.execute()
 
     def fail(self, worker: str, job: Job, error: str, retry: bool, charge: bool = True) -> bool:
@@ -159,6 +160,7 @@ class JobQueue:
         else:
             pipe.hset(key, mapping={"state": "failed", "stage": "failed", "error": error, "finished": now, "updated": now})
             pipe.lpush(keys.DEAD, job.raw)
+            pipe.hincrby(keys.STATS, "failed", 1)
         pipe.lrem(keys.processing_key(worker), 1, job.raw)
         pipe.execute()
         return again

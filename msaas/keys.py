@@ -4,6 +4,7 @@ QUEUE = "toWorker"  # list: JSON job messages, LPUSH by rest, BLMOVE by workers 
 LOGGING = "logging"  # list: log lines, LPUSH by everyone, BRPOP by the logs tail
 WORKERS = "workers"  # set: names of workers that have claimed work
 DEAD = "dead"  # list: JSON messages of jobs that failed for good
+STATS = "stats"  # hash: state -> number of jobs that ended so (counters for /metrics)
 MODELS = "models"  # hash: model name -> JSON {"tracks", "available"} as the workers see it
 
 LOGGING_MAX = 10_000  # the logging list is trimmed to this many lines when nobody tails it

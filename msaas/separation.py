@@ -247,13 +247,17 @@ def separate_file(
     two_stems: str | None = None,
     max_duration_s: float | None = None,
     progress: Progress = lambda stage, fraction: None,
+    info: dict | None = None,
 ) -> dict[str, Path]:
     """Separate one song file into stem files in `out_dir`; every stem has the input's rate and length.
+    `info`, when given, receives the song's `samples` and `rate`.
 
     Stems are encoded as the separator emits them: no stem of the whole song is ever held in memory."""
     progress("decoding", 0.0)
     wave, rate = audio.decode(source, max_duration_s)
     length = wave.shape[1]
+    if info is not None:
+        info.update(samples=length, rate=rate)
     mix = _resample(torch.from_numpy(wave), rate, separator.samplerate)
     del wave
     tracks = list(separator.tracks)

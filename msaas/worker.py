@@ -18,6 +18,7 @@ from . import audio, models, storage
 from .callbacks import CallbackSender
 from .config import Settings
 from .jobs import Job, JobQueue
+from .metrics import WorkerMetrics
 from .separation import ModelUnavailable, Separator, cpu_budget, load_separator, separate_file
 
 log = logging.getLogger("msaas.worker")
@@ -45,6 +46,7 @@ class Worker:
         self.load_errors: dict[str, tuple[float, str]] = {}
         self.stopping = threading.Event()
         self.outage_backoff_s = 0.0
+        self.metrics = WorkerMetrics()
 
     # --- models ----------------------------------------------------------------------------
     def separator(self, name: str) -> Separator:
@@ -112,6 +114,11 @@ class Worker:
         self._wait_for_backends()
         self.jobs.heartbeat(self.name)
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
+        if self.settings.metrics_port:
+            try:
+                self.metrics.serve(self.settings.metrics_port)
+            except OSError as exc:  # a second worker on one machine: the port is taken; metrics are not worth dying for
+                log.warning("no metrics on port %d: %s", self.settings.metrics_port, exc)
         log.info("worker %s ready: model %s, %d torch threads", self.name, self.settings.demucs_model, torch.get_num_threads())
         self.publish_models()
         if preload:
@@ -194,6 +201,8 @@ class Worker:
             return
         self.jobs.finish(self.name, job, tracks)
         self.outage_backoff_s = 0.0
+        self.metrics.jobs.labels("done").inc()
+        self.metrics.seconds.observe(time.monotonic() - started)
         log.info("job %s: done in %.1f s, tracks %s", job.songhash, time.monotonic() - started, ", ".join(tracks))
         self._call_back(job, "done", tracks)
 
@@ -203,6 +212,7 @@ class Worker:
         source = tmp / "song"
         self.store.get_file(storage.QUEUE_BUCKET, storage.upload_name(job.songhash), source)
         fmt = job.options.get("format", "mp3")
+        song: dict = {}
         stems = separate_file(
             sep,
             source,
@@ -212,7 +222,9 @@ class Worker:
             two_stems=job.options.get("two_stems"),
             max_duration_s=self.settings.max_duration_s,
             progress=progress,
+            info=song,
         )
+        self.metrics.audio.inc(song["samples"] / song["rate"])
         _, _, _, ext, content_type = audio.FORMATS[fmt]
         for i, (track, path) in enumerate(stems.items()):
             progress("uploading", i / len(stems))
@@ -227,6 +239,7 @@ class Worker:
                 "job %s failed (%s) and redis is unreachable (%s); it stays in my processing list", job.songhash, error, exc
             )
             return
+        self.metrics.jobs.labels("requeued" if again else "failed").inc()
         if again:
             log.warning("job %s: %s; requeued", job.songhash, error)
         else:

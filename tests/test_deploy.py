@@ -141,6 +141,15 @@ def test_every_setting_comes_from_the_configmap_or_a_secret(path):
                 )
 
 
+def test_rest_and_workers_are_annotated_for_prometheus_on_their_metrics_ports():
+    objects = render(".")
+    ports = {"rest": container_env(objects, "rest")["PORT"], "worker": container_env(objects, "worker")["METRICS_PORT"]}
+    for name, port in ports.items():
+        annotations = by_kind(objects, "Deployment")[name]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+        assert annotations["prometheus.io/port"] == port
+
+
 def test_each_container_runs_a_command_of_the_package():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     subcommands = parser()._subparsers._group_actions[0].choices

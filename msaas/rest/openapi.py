@@ -30,6 +30,12 @@ def spec() -> dict:
         "info": {"title": "MSaaS: music separation as a service", "version": "1"},
         "paths": {
             "/": {"get": {"summary": "health page for load balancers", "responses": {"200": {"description": "HTML page"}}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (queue, jobs by state, workers)",
+                    "responses": {"200": {"description": "text format"}},
+                }
+            },
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "the process answers"}}}},
             "/readyz": {
                 "get": {

@@ -23,6 +23,14 @@ def index():
     return PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
 
 
+@bp.get("/metrics")
+def metrics():
+    """Prometheus: queue length, jobs by state, live workers, dead letters (cluster-wide, from Redis)."""
+    from ..metrics import rest_metrics
+
+    return rest_metrics(backends().jobs), 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+
+
 @bp.get("/healthz")
 def healthz():
     """Liveness: the process answers; it checks no backend, so a Redis outage does not restart REST pods."""
