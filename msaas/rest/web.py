@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from . import backends
 
 bp = Blueprint("web", __name__)
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>MSaaS</title></head>
-<body>
-<h1>MSaaS: music separation as a service</h1>
-<p>POST an MP3 to <code>/apiv1/separate</code> and download its stems from <code>/apiv1/track/&lt;hash&gt;/&lt;track&gt;</code>.</p>
-<p>See <a href="/apiv1/models">the models</a> and <a href="/apiv1/queue">the queue</a>.</p>
-</body></html>
-"""
-
 
 @bp.get("/")
 def index():
-    return PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
+    """The page (upload, progress, mixer); also the load balancers' health check."""
+    return current_app.send_static_file("index.html")  # the app serves msaas/rest/static/ at /static
 
 
 @bp.get("/metrics")

@@ -1,0 +1,72 @@
+"""The page in a real headless Chromium: upload a song, watch it separate, play and mix the stems."""
+
+import shutil
+
+import pytest
+
+from conftest import ROOT, make_song, msaas_process, wait_http
+from msaas import audio
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by .ci/run"),
+]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def test_a_song_is_separated_played_and_mixed_in_the_browser(settings, redis_client, processes, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    processes.append(msaas_process("worker", settings))
+    rest = msaas_process("rest", settings)
+    processes.append(rest)
+    url = f"http://127.0.0.1:{settings.port}"
+    wait_http(f"{url}/readyz", proc=rest)
+    song = make_song(tmp_path / "my song.mp3", seconds=3)
+    seconds = audio.probe(song).duration_s
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector("#model option[value=tiny]", state="attached")
+        assert page.input_value("#model") == "tiny"  # the default, offered with its weights present
+        page.set_input_files("#file", str(song))
+        page.click("#send")
+        page.wait_for_selector("#mixer:not([hidden])", timeout=180_000)
+        assert page.text_content("#stage") == "done"
+        durations = page.evaluate("msaasMixer.stems.map(s => [s.track, s.buffer.duration])")
+        assert [t for t, _ in durations] == ["drums", "bass", "other", "vocals"]
+        assert all(abs(d - seconds) < 0.01 for _, d in durations)
+
+        page.click("#play")
+        page.wait_for_function("msaasMixer.position() > 0.3", timeout=10_000)
+        assert page.evaluate("msaasMixer.ctx.state") == "running"
+        gains = "Object.fromEntries(msaasMixer.stems.map(s => [s.track, s.gain.gain.value]))"
+        assert page.evaluate(gains) == {"drums": 1, "bass": 1, "other": 1, "vocals": 1}
+        page.click("tr[data-track=vocals] button.muted")
+        assert page.evaluate(gains)["vocals"] == 0
+        page.click("tr[data-track=drums] button.solo")
+        assert page.evaluate(gains) == {"drums": 1, "bass": 0, "other": 0, "vocals": 0}
+        page.fill("tr[data-track=drums] input.volume", "0.5")
+        assert page.evaluate(gains)["drums"] == 0.5
+        assert page.get_attribute("#zip", "href").startswith("/apiv1/zip/")
+        assert page.text_content("#recent-list") == "my song.mp3"
+
+        shot = tmp_path / "mixer.png"
+        page.screenshot(path=str(shot), full_page=True)
+        (ROOT / "var").mkdir(exist_ok=True)
+        shutil.copy(shot, ROOT / "var" / "mixer.png")  # for a person to look at (var/ is not in git)
+        browser.close()
+    assert errors == []
