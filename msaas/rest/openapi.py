@@ -54,7 +54,12 @@ def spec() -> dict:
                                     "type": "object",
                                     "required": ["mp3"],
                                     "properties": {
-                                        "mp3": {"type": "string", "contentEncoding": "base64"},
+                                        "mp3": {
+                                            "type": "string",
+                                            "contentEncoding": "base64",
+                                            "minLength": 4,
+                                            "pattern": r"^[A-Za-z0-9+/\r\n]+={0,2}$",
+                                        },
                                         **_choices(),
                                         "callback": callback,
                                     },
