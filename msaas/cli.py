@@ -81,6 +81,15 @@ def _client(args):
     return Client(args.server or os.environ.get("REST") or "localhost:5000", api_key=os.environ.get("MSAAS_API_KEY"))
 
 
+def progress_line(name: str, status: dict, width: int = 30) -> str:
+    """`song.mp3 [#########---------------------]  31.0% running separating`"""
+    done = round(status["progress"] * width)
+    stage = status.get("stage", "") if status["state"] == "running" else ""
+    return (
+        f"{name} [{'#' * done}{'-' * (width - done)}] {status['progress'] * 100:5.1f}% {status['state']} {stage}".rstrip() + "   "
+    )
+
+
 def cmd_separate(settings: Settings, args) -> int:
     from .client import ApiError
 
@@ -98,12 +107,7 @@ def cmd_separate(settings: Settings, args) -> int:
                 continue
 
             def show(status, name=song.name):
-                print(
-                    f"\r{name}: {status['state']:8} {status.get('stage', ''):12} {status['progress'] * 100:5.1f}%",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                print(f"\r{progress_line(name, status)}", end="", file=sys.stderr, flush=True)
 
             stems = client.separate(song, Path(args.out), args.model, on_status=show, **choices)
             print(file=sys.stderr)

@@ -28,3 +28,10 @@ def test_fetching_an_unknown_model_fails_clearly(tmp_path):
 def test_bad_configuration_is_refused_before_anything_starts():
     out = run("worker", PORT="not-a-port")
     assert out.returncode == 2 and "PORT" in out.stderr
+
+
+def test_the_progress_bar_shows_the_fraction_done():
+    from msaas.cli import progress_line
+
+    line = progress_line("song.mp3", {"state": "running", "stage": "separating", "progress": 0.5}, width=10)
+    assert line.startswith("song.mp3 [#####-----]  50.0% running separating")

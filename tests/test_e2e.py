@@ -81,6 +81,7 @@ def test_the_cli_separates_and_downloads_with_wait(s3_stack, tmp_path):
         timeout=180,
     )
     assert out.returncode == 0, out.stderr
+    assert f"tune.mp3 [{'#' * 30}] 100.0% done" in out.stderr  # the progress bar, full
     for track in ("drums", "bass", "other", "vocals"):
         assert audio.probe(tmp_path / "stems" / "tune" / f"{track}.mp3").samples == audio.probe(song).samples
 
