@@ -25,6 +25,21 @@ return false
 """
 
 
+# Drop one track from a record's JSON list of tracks, atomically (two removals at once must not undo each other).
+_FORGET_TRACK = """
+local tracks = redis.call('HGET', KEYS[1], 'tracks')
+if not tracks then return 0 end
+local kept, found = {}, 0
+for _, track in ipairs(cjson.decode(tracks)) do
+  if track == ARGV[1] then found = 1 else table.insert(kept, track) end
+end
+if found == 1 then
+  redis.call('HSET', KEYS[1], 'tracks', #kept == 0 and '[]' or cjson.encode(kept))
+end
+return found
+"""
+
+
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
 
@@ -57,6 +72,7 @@ class JobQueue:
         self.max_attempts = max_attempts
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self._submit = client.register_script(_SUBMIT)
+        self._forget_track = client.register_script(_FORGET_TRACK)
 
     # --- rest side -------------------------------------------------------------------------
     def submit(self, job: Job) -> str | None:
@@ -93,12 +109,8 @@ class JobQueue:
         """Songhashes waiting, oldest first (rest pushes on the left, workers take from the right)."""
         return [json.loads(raw)["songhash"] for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1))]
 
-    def forget_track(self, songhash: str, track: str) -> None:
-        key = keys.job_key(songhash)
-        tracks = json.loads(self.r.hget(key, "tracks") or "[]")
-        if track in tracks:
-            tracks.remove(track)
-            self.r.hset(key, "tracks", json.dumps(tracks))
+    def forget_track(self, songhash: str, track: str) -> bool:
+        return bool(self._forget_track(keys=[keys.job_key(songhash)], args=[track]))
 
     # --- worker side -----------------------------------------------------------------------
     def claim(self, worker: str, timeout_s: float = 5.0) -> Job | None:

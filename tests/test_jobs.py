@@ -104,3 +104,14 @@ def test_songhash_depends_on_model_choices_and_bytes():
         )
         == 4
     )
+
+
+def test_forgetting_tracks_keeps_the_others_and_ends_with_an_empty_list(redis_client):
+    jobs = q(redis_client)
+    jobs.submit(Job("h1", "m"))
+    jobs.finish("w1", jobs.claim("w1", 1), ["vocals", "drums"])
+    assert jobs.forget_track("h1", "drums") is True
+    assert jobs.forget_track("h1", "drums") is False
+    assert jobs.status("h1")["tracks"] == ["vocals"]
+    jobs.forget_track("h1", "vocals")
+    assert jobs.status("h1")["tracks"] == []
