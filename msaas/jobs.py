@@ -187,7 +187,7 @@ class JobQueue:
         """A worker leaving cleanly puts back whatever it still holds."""
         moved = self._requeue_from(worker)
         pipe = self.r.pipeline()
-        pipe.delete(keys.heartbeat_key(worker))
+        pipe.delete(keys.heartbeat_key(worker), keys.models_key(worker))
         pipe.srem(keys.WORKERS, worker)
         pipe.execute()
         return moved
@@ -211,12 +211,20 @@ class JobQueue:
         return moved
 
     # --- models as the workers see them ----------------------------------------------------
-    def publish_models(self, models: dict[str, dict]) -> None:
-        if models:
-            self.r.hset(keys.MODELS, mapping={name: json.dumps(info) for name, info in models.items()})
+    def publish_models(self, worker: str, models: dict[str, dict]) -> None:
+        """What one worker can load; it expires with the worker unless refreshed (with each heartbeat)."""
+        self.r.set(keys.models_key(worker), json.dumps(models), ex=max(4 * self.heartbeat_ttl_s, 60))
 
     def published_models(self) -> dict[str, dict]:
-        return {name: json.loads(info) for name, info in self.r.hgetall(keys.MODELS).items()}
+        """Every live worker's models merged: a model is available when any worker can load it."""
+        merged: dict[str, dict] = {}
+        for key in self.r.scan_iter(match=keys.models_key("*"), count=100):
+            raw = self.r.get(key)
+            for name, info in (json.loads(raw) if raw else {}).items():
+                seen = merged.setdefault(name, {"tracks": None, "available": False})
+                seen["tracks"] = info.get("tracks") or seen["tracks"]
+                seen["available"] = seen["available"] or bool(info.get("available"))
+        return merged
 
 
 def songhash(model: str, options: dict, data: bytes) -> str:

@@ -5,7 +5,6 @@ LOGGING = "logging"  # list: log lines, LPUSH by everyone, BRPOP by the logs tai
 WORKERS = "workers"  # set: names of workers that have claimed work
 DEAD = "dead"  # list: JSON messages of jobs that failed for good
 STATS = "stats"  # hash: state -> number of jobs that ended so (counters for /metrics)
-MODELS = "models"  # hash: model name -> JSON {"tracks", "available"} as the workers see it
 
 LOGGING_MAX = 10_000  # the logging list is trimmed to this many lines when nobody tails it
 
@@ -20,3 +19,8 @@ def processing_key(worker: str) -> str:
 
 def heartbeat_key(worker: str) -> str:
     return f"worker:{worker}"
+
+
+def models_key(worker: str) -> str:
+    """string, with a TTL: JSON {model: {"tracks", "available"}} as that worker sees them ("*" matches every worker's)"""
+    return f"models:{worker}"

@@ -47,6 +47,7 @@ class Worker:
         self.stopping = threading.Event()
         self.outage_backoff_s = 0.0
         self.metrics = WorkerMetrics()
+        self.published: dict[str, dict] = {}
 
     # --- models ----------------------------------------------------------------------------
     def separator(self, name: str) -> Separator:
@@ -82,13 +83,15 @@ class Worker:
                 "tracks": loaded.tracks if loaded else info["tracks"],
                 "available": bool(loaded) or models.available(name, repo),
             }
-        self.jobs.publish_models(seen)
+        self.published = seen
+        self.jobs.publish_models(self.name, seen)
 
     # --- the loop --------------------------------------------------------------------------
     def _beat(self) -> None:
         while not self.stopping.wait(max(1.0, self.settings.heartbeat_ttl_s / 3)):
             try:
                 self.jobs.heartbeat(self.name)
+                self.jobs.publish_models(self.name, self.published)  # refreshed, so it expires only with the worker
                 self.jobs.requeue_orphans()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)

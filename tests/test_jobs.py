@@ -115,3 +115,16 @@ def test_forgetting_tracks_keeps_the_others_and_ends_with_an_empty_list(redis_cl
     assert jobs.status("h1")["tracks"] == ["vocals"]
     jobs.forget_track("h1", "vocals")
     assert jobs.status("h1")["tracks"] == []
+
+
+def test_a_model_is_available_when_any_live_worker_can_load_it(redis_client):
+    jobs = q(redis_client)
+    jobs.publish_models(
+        "cpu-worker",
+        {"htdemucs": {"tracks": ["drums"], "available": False}, "spleeter-2stems": {"tracks": ["vocals"], "available": True}},
+    )
+    jobs.publish_models("gpu-worker", {"htdemucs": {"tracks": ["drums"], "available": True}})
+    seen = jobs.published_models()
+    assert seen["htdemucs"]["available"] is True and seen["spleeter-2stems"]["available"] is True
+    jobs.retire("gpu-worker")  # leaves: its word goes with it
+    assert jobs.published_models()["htdemucs"]["available"] is False

@@ -21,7 +21,7 @@ def post_json(live, body, **kw):
 
 def leftovers(live):
     """Every key and stored object a request could have left behind (the workers' model list aside)."""
-    redis_keys = sorted(k for k in live.backends.redis.keys("*") if k != keys.MODELS)
+    redis_keys = sorted(k for k in live.backends.redis.keys("*") if not k.startswith("models:"))
     root = live.backends.settings.storage_dir
     objects = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
     return redis_keys, objects
@@ -158,7 +158,9 @@ def test_removing_a_stem_deletes_it(live_app, song, how):
 
 
 def test_a_model_the_workers_cannot_load_is_refused_at_upload(live_app, song):
-    live_app.backends.jobs.publish_models({"htdemucs": {"tracks": ["drums", "bass", "other", "vocals"], "available": False}})
+    live_app.backends.jobs.publish_models(
+        "w1", {"htdemucs": {"tracks": ["drums", "bass", "other", "vocals"], "available": False}}
+    )
     r = post_json(live_app, {"mp3": b64(song), "model": "htdemucs"})
     assert r.status_code == 422 and "fetch-model" in r.json()["error"]
 
