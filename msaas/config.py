@@ -69,6 +69,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()  # when set, /apiv1 wants `Authorization: Bearer <key>`
     worker_grace_s: float = 270.0  # after SIGTERM, how long the current job may run before it is put back
     metrics_port: int = 9100  # a worker's Prometheus metrics; 0: none
+    torch_home: Path | None = None  # torch.hub's cache root (TORCH_HOME), where downloaded Demucs weights are found
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +107,7 @@ class Settings:
             api_keys=tuple(k.strip() for k in (env.get("API_KEYS") or "").split(",") if k.strip()),
             worker_grace_s=_number(env, "WORKER_GRACE_S", cls.worker_grace_s),
             metrics_port=int(_number(env, "METRICS_PORT", cls.metrics_port)),
+            torch_home=Path(env["TORCH_HOME"]) if env.get("TORCH_HOME") else None,
         )
 
     def with_(self, **changes) -> Settings:
@@ -131,6 +133,8 @@ class Settings:
             "WORKER_GRACE_S": repr(self.worker_grace_s),
             "METRICS_PORT": str(self.metrics_port),
         }
+        if self.torch_home:
+            env["TORCH_HOME"] = str(self.torch_home)
         if self.api_keys:
             env["API_KEYS"] = ",".join(self.api_keys)
         if self.minio_host:

@@ -36,7 +36,7 @@ def _online(timeout_s: float = 3.0) -> bool:
 def choose_default_model(settings: Settings) -> tuple[str, str | None]:
     """The model the stack will serve by default, and a line to say when it is not the one asked for."""
     wanted = settings.demucs_model
-    if models.available(wanted, settings.demucs_repo):
+    if models.available(wanted, settings.demucs_repo, settings.torch_home):
         return wanted, None
     if settings.demucs_repo is None and wanted in models.CATALOG and _online():
         return wanted, f"model {wanted} is not cached: the worker downloads it on first use"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import yaml
@@ -74,7 +73,7 @@ def _in_repo(name: str, repo: Path) -> bool:
     return all(sig in names and names[sig].suffix == ".th" for sig in _bag_signatures(names[name]))
 
 
-def _cached(name: str) -> bool:
+def _cached(name: str, torch_home: Path | None) -> bool:
     """Whether demucs would find the weights in its caches (Hugging Face hub, then torch hub)."""
     remote = demucs_remote_dir()
     if remote is None or not (remote / f"{name}.yaml").is_file():
@@ -89,7 +88,7 @@ def _cached(name: str) -> bool:
             return True
     except ImportError:
         pass
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    hub = (torch_home or Path.home() / ".cache" / "torch") / "hub" / "checkpoints"  # torch.hub's own rule
     listed = (remote / "files.txt").read_text().split()
     wanted = [line.rsplit("/", 1)[-1] for line in listed if line.rsplit("/", 1)[-1].split("-", 1)[0] in sigs]
     return len(wanted) == len(sigs) and all((hub / f).is_file() for f in wanted)
@@ -104,8 +103,8 @@ def hf_repo_name(name: str) -> str:
     return "Demucs-" + name
 
 
-def available(name: str, repo: Path | None = None) -> bool:
-    """True when the weights are on this machine: bundled, in the model directory, or cached."""
+def available(name: str, repo: Path | None = None, torch_home: Path | None = None) -> bool:
+    """True when the weights are on this machine: bundled, in the model directory, or cached (TORCH_HOME, HF cache)."""
     info = catalog(repo).get(name)
     if info is None:
         return False
@@ -113,4 +112,4 @@ def available(name: str, repo: Path | None = None) -> bool:
         return spleeter_checkpoints() is not None
     if repo is not None:
         return _in_repo(name, repo)
-    return _cached(name)
+    return _cached(name, torch_home)

@@ -81,7 +81,7 @@ class Worker:
             loaded = self.separators.get(name)
             seen[name] = {
                 "tracks": loaded.tracks if loaded else info["tracks"],
-                "available": bool(loaded) or models.available(name, repo),
+                "available": bool(loaded) or models.available(name, repo, self.settings.torch_home),
             }
         self.published = seen
         self.jobs.publish_models(self.name, seen)

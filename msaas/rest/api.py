@@ -282,7 +282,9 @@ def list_models():
     for name, info in published.items():
         names[name] = {**names.get(name, {}), **info}
     for name, info in names.items():
-        available = info["available"] if "available" in info else models.available(name, b.settings.demucs_repo)
+        available = (
+            info["available"] if "available" in info else models.available(name, b.settings.demucs_repo, b.settings.torch_home)
+        )
         listed.append(
             {"name": name, "tracks": info.get("tracks"), "available": available, "default": name == b.settings.demucs_model}
         )
