@@ -1,5 +1,6 @@
 """The page in a real headless Chromium: upload a song, watch it separate, play and mix the stems."""
 
+import json
 import shutil
 
 import pytest
@@ -54,13 +55,18 @@ def test_a_song_is_separated_played_and_mixed_in_the_browser(settings, redis_cli
         page.wait_for_function("msaasMixer.position() > 0.3", timeout=10_000)
         assert page.evaluate("msaasMixer.ctx.state") == "running"
         gains = "Object.fromEntries(msaasMixer.stems.map(s => [s.track, s.gain.gain.value]))"
-        assert page.evaluate(gains) == {"drums": 1, "bass": 1, "other": 1, "vocals": 1}
+
+        def heard(expected: dict) -> None:
+            """Wait until the audio graph's gains are as expected (the audio thread applies changes asynchronously)."""
+            page.wait_for_function(f"JSON.stringify({gains}) === {json.dumps(json.dumps(expected, separators=(',', ':')))}", timeout=5_000)
+
+        heard({"drums": 1, "bass": 1, "other": 1, "vocals": 1})
         page.click("tr[data-track=vocals] button.muted")
-        assert page.evaluate(gains)["vocals"] == 0
+        heard({"drums": 1, "bass": 1, "other": 1, "vocals": 0})
         page.click("tr[data-track=drums] button.solo")
-        assert page.evaluate(gains) == {"drums": 1, "bass": 0, "other": 0, "vocals": 0}
+        heard({"drums": 1, "bass": 0, "other": 0, "vocals": 0})
         page.fill("tr[data-track=drums] input.volume", "0.5")
-        assert page.evaluate(gains)["drums"] == 0.5
+        heard({"drums": 0.5, "bass": 0, "other": 0, "vocals": 0})
         assert page.get_attribute("#zip", "href").startswith("/apiv1/zip/")
         assert page.text_content("#recent-list") == "my song.mp3"
 

@@ -167,7 +167,7 @@ const mixer = {
 
   apply() {
     const levels = this.levels();
-    for (const stem of this.stems) stem.gain.gain.setValueAtTime(levels[stem.track], this.ctx.currentTime);
+    for (const stem of this.stems) stem.gain.gain.value = levels[stem.track]; // takes effect at once (no scheduled event)
   },
 
   position() {
