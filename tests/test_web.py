@@ -58,7 +58,9 @@ def test_a_song_is_separated_played_and_mixed_in_the_browser(settings, redis_cli
 
         def heard(expected: dict) -> None:
             """Wait until the audio graph's gains are as expected (the audio thread applies changes asynchronously)."""
-            page.wait_for_function(f"JSON.stringify({gains}) === {json.dumps(json.dumps(expected, separators=(',', ':')))}", timeout=5_000)
+            page.wait_for_function(
+                f"JSON.stringify({gains}) === {json.dumps(json.dumps(expected, separators=(',', ':')))}", timeout=5_000
+            )
 
         heard({"drums": 1, "bass": 1, "other": 1, "vocals": 1})
         page.click("tr[data-track=vocals] button.muted")
