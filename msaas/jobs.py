@@ -12,8 +12,6 @@ import redis
 
 from . import keys
 
-STATES = ("queued", "running", "done", "failed")
-
 # Enqueue only when the song is new or its last run failed: the same song with the same choices is one job.
 _SUBMIT = """
 local state = redis.call('HGET', KEYS[1], 'state')
