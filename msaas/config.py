@@ -70,6 +70,8 @@ class Settings:
     worker_grace_s: float = 270.0  # after SIGTERM, how long the current job may run before it is put back
     metrics_port: int = 9100  # a worker's Prometheus metrics; 0: none
     torch_home: Path | None = None  # torch.hub's cache root (TORCH_HOME), where downloaded Demucs weights are found
+    split_over_s: float = 240.0  # songs longer than this are split across the live workers; 0: never split
+    split_max_parts: int = 8  # at most this many parts per song (each part is at least split_over_s / 2 long)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +110,8 @@ class Settings:
             worker_grace_s=_number(env, "WORKER_GRACE_S", cls.worker_grace_s),
             metrics_port=int(_number(env, "METRICS_PORT", cls.metrics_port)),
             torch_home=Path(env["TORCH_HOME"]) if env.get("TORCH_HOME") else None,
+            split_over_s=_number(env, "SPLIT_OVER_S", cls.split_over_s),
+            split_max_parts=max(1, int(_number(env, "SPLIT_MAX_PARTS", cls.split_max_parts))),
         )
 
     def with_(self, **changes) -> Settings:
@@ -132,6 +136,8 @@ class Settings:
             "LOG_STDOUT": "1" if self.log_stdout else "0",
             "WORKER_GRACE_S": repr(self.worker_grace_s),
             "METRICS_PORT": str(self.metrics_port),
+            "SPLIT_OVER_S": repr(self.split_over_s),
+            "SPLIT_MAX_PARTS": str(self.split_max_parts),
         }
         if self.torch_home:
             env["TORCH_HOME"] = str(self.torch_home)

@@ -7,7 +7,7 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -93,47 +93,117 @@ class DemucsSeparator:
         self.tracks = list(model.sources)
         self.samplerate = int(model.samplerate)
 
-    def stream(self, mix: torch.Tensor, emit: Emit, progress: Callable[[float], None] = lambda f: None) -> None:
-        """What `apply_model(split=True, overlap=0.25, shifts=0)` computes, chunk by chunk, each stretch of output emitted as
-        soon as no later chunk touches it: memory holds one segment of output, whatever the song's length."""
-        from demucs.apply import BagOfModels, TensorChunk, apply_model
+    def _members(self) -> tuple[list, torch.Tensor]:
+        from demucs.apply import BagOfModels
 
         bag = self.model if isinstance(self.model, BagOfModels) else None
         members = list(bag.models) if bag else [self.model]
         weights = torch.tensor(bag.weights if bag else [[1.0] * len(self.tracks)], dtype=torch.float32)
-        share = (weights / weights.sum(0))[:, :, None, None]  # each member's part of each source, as apply_model weighs bags
-        segments = {float(m.segment) for m in members}
+        return members, (weights / weights.sum(0))[:, :, None, None]  # each member's part of each source, as apply_model weighs
+
+    def chunk_plan(self, length: int) -> ChunkPlan:
+        segments = {float(m.segment) for m in self._members()[0]}
         if len(segments) != 1:
             raise ValueError(f"model {self.name!r} mixes segment lengths {sorted(segments)}, which MSaaS does not stream")
-        segment_length = int(self.samplerate * segments.pop())
-        stride = int(0.75 * segment_length)
-        length = mix.shape[-1]
-        ramp = torch.arange(1, segment_length // 2 + 1, dtype=torch.float32)
-        weight = torch.cat([ramp, torch.arange(segment_length - segment_length // 2, 0, -1, dtype=torch.float32)])
-        weight = weight / weight.max()  # demucs' triangular crossfade between chunks
+        return ChunkPlan(length, int(self.samplerate * segments.pop()))
 
-        ref = mix.mean(0)
-        mean, std = ref.mean(), ref.std().clamp_min(1e-8)
-        del ref
-        normalized = mix.sub_(mean).div_(std)[None]  # in place: the song is held once
-        out = torch.zeros(len(self.tracks), 2, segment_length)
-        total = torch.zeros(segment_length)
-        offsets = list(range(0, length, stride))
+    def weighted_chunks(
+        self, normalized: torch.Tensor, plan: ChunkPlan, chunks: range, progress: Callable[[float], None] = lambda f: None
+    ) -> Iterator[torch.Tensor]:
+        """Each chunk's estimate times its crossfade weight, [tracks, 2, n], for the chunks numbered `chunks`."""
+        from demucs.apply import TensorChunk, apply_model
+
+        members, share = self._members()
         with torch.inference_mode():
-            for i, offset in enumerate(offsets):
-                chunk = TensorChunk(normalized, offset, segment_length)
+            for done, i in enumerate(chunks, 1):
+                chunk = TensorChunk(normalized[None], plan.offsets[i], plan.segment_length)
                 estimate = sum(
                     apply_model(member, chunk, shifts=0, split=False, device=self.device)[0].cpu() * share[m]
                     for m, member in enumerate(members)
                 )
-                n = estimate.shape[-1]
-                out[..., :n] += weight[:n] * estimate
-                total[:n] += weight[:n]
-                final = (offsets[i + 1] if i + 1 < len(offsets) else length) - offset
-                emit(out[..., :final] / total[:final] * std + mean)
-                out = torch.cat([out[..., final:], torch.zeros(len(self.tracks), 2, final)], dim=-1)
-                total = torch.cat([total[final:], torch.zeros(final)])
-                progress((i + 1) / len(offsets))
+                yield plan.weight[: estimate.shape[-1]] * estimate
+                progress(done / len(chunks))
+
+    def stream(self, mix: torch.Tensor, emit: Emit, progress: Callable[[float], None] = lambda f: None) -> None:
+        """What `apply_model(split=True, overlap=0.25, shifts=0)` computes, chunk by chunk, each stretch of output emitted as
+        soon as no later chunk touches it: memory holds one segment of output, whatever the song's length."""
+        plan = self.chunk_plan(mix.shape[-1])
+        mean, std = normalize_(mix)
+        chunks = range(len(plan.offsets))
+        for start, block in plan.overlap_add(chunks, self.weighted_chunks(mix, plan, chunks, progress)):
+            emit(block / plan.totals(start, start + block.shape[-1]) * std + mean)
+
+
+class ChunkPlan:
+    """How `apply_model(split=True, overlap=0.25)` cuts a song of `length` samples: chunks of `segment_length` every
+    `stride` samples, each output weighted by a triangular crossfade, the weighted sum divided by the weights' sum.
+
+    Sums are taken in chunk order (at most two chunks cover a sample), so any run of chunks computed apart and added
+    afterwards (`overlap_add`, then `splitting.stitch`) gives exactly the whole song's numbers."""
+
+    def __init__(self, length: int, segment_length: int):
+        self.length = length
+        self.segment_length = segment_length
+        self.stride = int(0.75 * segment_length)
+        self.offsets = list(range(0, length, self.stride))
+        ramp = torch.arange(1, segment_length // 2 + 1, dtype=torch.float32)
+        weight = torch.cat([ramp, torch.arange(segment_length - segment_length // 2, 0, -1, dtype=torch.float32)])
+        self.weight = weight / weight.max()  # demucs' triangular crossfade between chunks
+
+    def end(self, i: int) -> int:
+        return min(self.offsets[i] + self.segment_length, self.length)
+
+    def span(self, chunks: range) -> tuple[int, int]:
+        """The samples that the chunks numbered `chunks` touch."""
+        return self.offsets[chunks.start], self.end(chunks.stop - 1)
+
+    def split(self, parts: int) -> list[range]:
+        """The chunks cut into `parts` consecutive runs of nearly equal length."""
+        n = len(self.offsets)
+        parts = max(1, min(parts, n))
+        return [range(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+
+    def totals(self, start: int, stop: int) -> torch.Tensor:
+        """The sum of the chunks' weights at samples [start, stop)."""
+        total = torch.zeros(stop - start)
+        first = max(0, (start - self.segment_length) // self.stride)
+        for i in range(first, len(self.offsets)):
+            offset = self.offsets[i]
+            if offset >= stop:
+                break
+            lo, hi = max(start, offset), min(stop, self.end(i))
+            if lo < hi:
+                total[lo - start : hi - start] += self.weight[lo - offset : hi - offset]
+        return total
+
+    def overlap_add(self, chunks: range, weighted: Iterable[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Sum the weighted outputs of consecutive chunks; yields (first sample, [tracks, 2, k]) blocks as soon as no
+        later chunk of the run touches them, ending with the last chunk's whole tail."""
+        pending: torch.Tensor | None = None  # sums from `at` on
+        at = self.offsets[chunks.start]
+        for i, estimate in zip(chunks, weighted, strict=True):
+            offset = self.offsets[i]
+            if pending is None:
+                pending = estimate.clone()
+            else:
+                head = pending.shape[-1] - (offset - at)
+                estimate[..., :head] += pending[..., offset - at :]  # the earlier chunk's part first, as apply_model adds
+                pending = torch.cat([pending[..., : offset - at], estimate], dim=-1)
+            final = (self.offsets[i + 1] if i + 1 < len(self.offsets) else self.length) - at
+            if i + 1 == chunks.stop:
+                final = pending.shape[-1]
+            yield at, pending[..., :final]
+            pending, at = pending[..., final:], at + final
+
+
+def normalize_(mix: torch.Tensor, stats: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Demucs' normalization, in place (the song is held once): minus the mono mix's mean, over its deviation."""
+    if stats is None:
+        ref = mix.mean(0)
+        stats = (float(ref.mean()), float(ref.std().clamp_min(1e-8)))
+        del ref
+    mix.sub_(stats[0]).div_(stats[1])
+    return stats
 
 
 def load_separator(name: str, repo: Path | None = None, device: str = "auto") -> Separator:
@@ -237,6 +307,41 @@ class StemEncoders:
             raise self.error
 
 
+def load_song(separator: Separator, source: Path, max_duration_s: float | None = None) -> tuple[torch.Tensor, int, int]:
+    """The song at the separator's rate, [2, n'], with its own length and rate."""
+    wave, rate = audio.decode(source, max_duration_s)
+    length = wave.shape[1]
+    return _resample(torch.from_numpy(wave), rate, separator.samplerate), length, rate
+
+
+class StemSink:
+    """Where separated blocks go: the two-stem pick, back to the song's rate, each stem's encoder (in `out_dir`)."""
+
+    def __init__(
+        self, separator: Separator, out_dir: Path, length: int, rate: int, fmt: str, bitrate: int, two_stems: str | None
+    ):
+        tracks = list(separator.tracks)
+        self.pick = tracks.index(two_stems) if two_stems else None
+        if two_stems:
+            tracks = [two_stems, f"no_{two_stems}"]
+        ext = audio.FORMATS[fmt][3]
+        self.paths = {track: out_dir / f"{track}.{ext}" for track in tracks}
+        self.encoders = StemEncoders(self.paths, rate, fmt, bitrate)
+        self.back = StreamResampler(separator.samplerate, rate, length) if rate != separator.samplerate else None
+
+    def put(self, block: torch.Tensor) -> None:
+        if self.pick is not None:
+            block = torch.stack([block[self.pick], block.sum(0) - block[self.pick]])
+        self.encoders.put(self.back.push(block) if self.back else block)
+
+    def finish(self) -> None:
+        if self.back:
+            self.encoders.put(self.back.flush())
+
+    def close(self) -> None:
+        self.encoders.close()
+
+
 def separate_file(
     separator: Separator,
     source: Path,
@@ -254,31 +359,14 @@ def separate_file(
 
     Stems are encoded as the separator emits them: no stem of the whole song is ever held in memory."""
     progress("decoding", 0.0)
-    wave, rate = audio.decode(source, max_duration_s)
-    length = wave.shape[1]
+    mix, length, rate = load_song(separator, source, max_duration_s)
     if info is not None:
         info.update(samples=length, rate=rate)
-    mix = _resample(torch.from_numpy(wave), rate, separator.samplerate)
-    del wave
-    tracks = list(separator.tracks)
-    pick = tracks.index(two_stems) if two_stems else None
-    if two_stems:
-        tracks = [two_stems, f"no_{two_stems}"]
-    ext = audio.FORMATS[fmt][3]
-    paths = {track: out_dir / f"{track}.{ext}" for track in tracks}
-    encoders = StemEncoders(paths, rate, fmt, bitrate)
-    back = StreamResampler(separator.samplerate, rate, length) if rate != separator.samplerate else None
-
-    def emit(block: torch.Tensor) -> None:
-        if pick is not None:
-            block = torch.stack([block[pick], block.sum(0) - block[pick]])
-        encoders.put(back.push(block) if back else block)
-
+    sink = StemSink(separator, out_dir, length, rate, fmt, bitrate, two_stems)
     try:
-        separator.stream(mix, emit, lambda f: progress("separating", f))
-        if back:
-            encoders.put(back.flush())
+        separator.stream(mix, sink.put, lambda f: progress("separating", f))
+        sink.finish()
     finally:
         progress("encoding", 0.5)
-        encoders.close()
-    return paths
+        sink.close()
+    return sink.paths
