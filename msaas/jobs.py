@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -38,30 +38,98 @@ return found
 """
 
 
+# A split song's progress is its parts' mean (p<k> fields of the parts hash), scaled to the share the parts take.
+_PARTS_PROGRESS = """
+local function show_progress(now, share)
+  local sum, n = 0, 0
+  for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if string.sub(field, 1, 1) == 'p' then
+      sum = sum + tonumber(redis.call('HGET', KEYS[2], field)); n = n + 1
+    end
+  end
+  redis.call('HSET', KEYS[1], 'progress', string.format('%.4f', share * sum / n), 'stage', 'separating', 'updated', now)
+end
+"""
+
+# KEYS job, parts; ARGV part, fraction, now, share
+_PART_PROGRESS = (
+    _PARTS_PROGRESS
+    + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[2], 'p' .. ARGV[1], ARGV[2])
+show_progress(ARGV[3], ARGV[4])
+return 1
+"""
+)
+
+# A part is stored: the last one to finish queues the stitch (once, whoever finishes last and however often parts rerun).
+# KEYS job, parts, processing list, queue; ARGV part, its message, the stitch's message, number of parts, now, share
+_FINISH_PART = (
+    _PARTS_PROGRESS
+    + """
+redis.call('LREM', KEYS[3], 1, ARGV[2])
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return -1 end
+redis.call('HSET', KEYS[2], 'p' .. ARGV[1], 1, 'd' .. ARGV[1], 1)
+show_progress(ARGV[5], ARGV[6])
+local done = 0
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(field, 1, 1) == 'd' then done = done + 1 end
+end
+if done == tonumber(ARGV[4]) and redis.call('HSETNX', KEYS[2], 'stitch', 1) == 1 then
+  redis.call('RPUSH', KEYS[4], ARGV[3])
+end
+return done
+"""
+)
+PARTS_SHARE = 0.9  # of a split job's progress; the stitch takes the rest
+
+
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One job message as it travels through the queue; `raw` is the exact list element."""
+    """One job message as it travels through the queue; `raw` is the exact list element.
+
+    A long song split across workers travels as one message per part (`part`: its index), then one `stitch`."""
 
     songhash: str
     model: str
     callback: dict | None = None
     options: dict = field(default_factory=dict)
     raw: str = ""
+    part: int | None = None
+    stitch: bool = False
+
+    @property
+    def whole(self) -> bool:
+        return self.part is None and not self.stitch
+
+    @property
+    def attempts_field(self) -> str:
+        """Each part and the stitch count their own attempts."""
+        return "attempts" if self.whole else f"attempts.{'stitch' if self.stitch else f'part{self.part}'}"
 
     def to_message(self) -> str:
         body: dict[str, Any] = {"songhash": self.songhash, "model": self.model, "callback": self.callback}
         body.update(self.options)
+        if self.part is not None:
+            body["part"] = self.part
+        if self.stitch:
+            body["stitch"] = True
         return json.dumps(body, sort_keys=True)
+
+    def task(self, **which) -> Job:
+        """The message for one part (`part=k`) or the stitch (`stitch=True`) of this job."""
+        return replace(self, **{"raw": "", "part": None, "stitch": False, **which})
 
     @classmethod
     def from_message(cls, raw: str) -> Job:
         body = json.loads(raw)
+        part, stitch = body.pop("part", None), bool(body.pop("stitch", False))
         options = {k: v for k, v in body.items() if k not in ("songhash", "model", "callback")}
-        return cls(body["songhash"], body["model"], body.get("callback"), options, raw)
+        return cls(body["songhash"], body["model"], body.get("callback"), options, raw, part, stitch)
 
 
 class JobQueue:
@@ -71,6 +139,8 @@ class JobQueue:
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self._submit = client.register_script(_SUBMIT)
         self._forget_track = client.register_script(_FORGET_TRACK)
+        self._part_progress = client.register_script(_PART_PROGRESS)
+        self._finish_part = client.register_script(_FINISH_PART)
 
     # --- rest side -------------------------------------------------------------------------
     def submit(self, job: Job) -> str | None:
@@ -101,11 +171,21 @@ class JobQueue:
                 out[name] = float(record[name])
         out["tracks"] = json.loads(record.get("tracks", "[]"))
         out["options"] = json.loads(record.get("options", "{}"))
+        plan = out.pop("plan", None)
+        if plan:
+            out["parts"] = len(json.loads(plan)["parts"])
+        for name in [k for k in out if k.startswith("attempts.")]:
+            del out[name]
         return out
+
+    def plan(self, songhash: str) -> dict | None:
+        raw = self.r.hget(keys.job_key(songhash), "plan")
+        return json.loads(raw) if raw else None
 
     def queued(self) -> list[str]:
         """Songhashes waiting, oldest first (rest pushes on the left, workers take from the right)."""
-        return [json.loads(raw)["songhash"] for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1))]
+        waiting = [json.loads(raw)["songhash"] for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1))]
+        return list(dict.fromkeys(waiting))  # a split song's parts are one song
 
     def forget_track(self, songhash: str, track: str) -> bool:
         return bool(self._forget_track(keys=[keys.job_key(songhash)], args=[track]))
@@ -119,16 +199,22 @@ class JobQueue:
             return None
         job = Job.from_message(raw)
         now = time.time()
+        fields: dict[str, Any] = {"worker": worker, "updated": now}
+        if job.whole:  # a part's song is already running (or has failed: the worker then drops the part)
+            fields.update(state="running", stage="starting", started=now)
         pipe = self.r.pipeline()
-        pipe.hset(
-            keys.job_key(job.songhash),
-            mapping={"state": "running", "stage": "starting", "worker": worker, "started": now, "updated": now},
-        )
-        pipe.hincrby(keys.job_key(job.songhash), "attempts", 1)
+        pipe.hset(keys.job_key(job.songhash), mapping=fields)
+        pipe.hincrby(keys.job_key(job.songhash), job.attempts_field, 1)
         pipe.execute()
         return job
 
     def progress(self, job: Job, stage: str, progress: float | None = None) -> None:
+        if job.part is not None:
+            now = time.time()
+            self._part_progress(
+                keys=[keys.job_key(job.songhash), keys.parts_key(job.songhash)], args=[job.part, progress or 0, now, PARTS_SHARE]
+            )
+            return
         fields: dict[str, Any] = {"stage": stage, "updated": time.time()}
         if progress is not None:
             fields["progress"] = round(max(0.0, min(1.0, progress)), 4)
@@ -151,26 +237,58 @@ class JobQueue:
         pipe.hdel(keys.job_key(job.songhash), "error")
         pipe.lrem(keys.processing_key(worker), 1, job.raw)
         pipe.hincrby(keys.STATS, "done", 1)
+        pipe.delete(keys.parts_key(job.songhash))
         pipe.execute()
+
+    # --- a long song across workers --------------------------------------------------------
+    def split(self, worker: str, job: Job, plan: dict) -> None:
+        """Replace a claimed song's message by one message per part, at the front of the queue (taken next, part 0 first)."""
+        n = len(plan["parts"])
+        parts = [job.task(part=k).to_message() for k in range(n)]
+        pipe = self.r.pipeline()
+        pipe.hset(
+            keys.job_key(job.songhash),
+            mapping={"plan": json.dumps(plan), "stage": f"split into {n} parts", "progress": 0, "updated": time.time()},
+        )
+        pipe.delete(keys.parts_key(job.songhash))
+        pipe.hset(keys.parts_key(job.songhash), mapping={f"p{k}": 0 for k in range(n)})
+        pipe.rpush(keys.QUEUE, *reversed(parts))
+        pipe.lrem(keys.processing_key(worker), 1, job.raw)
+        pipe.execute()
+
+    def finish_part(self, worker: str, job: Job, parts: int) -> int:
+        """Record part `job.part` as stored; returns how many parts are done (-1: the job ended meanwhile)."""
+        return int(
+            self._finish_part(
+                keys=[keys.job_key(job.songhash), keys.parts_key(job.songhash), keys.processing_key(worker), keys.QUEUE],
+                args=[job.part, job.raw, job.task(stitch=True).to_message(), parts, time.time(), PARTS_SHARE],
+            )
+        )
+
+    def drop(self, worker: str, job: Job) -> None:
+        """Let go of a message whose job has ended (a part of a song that failed)."""
+        self.r.lrem(keys.processing_key(worker), 1, job.raw)
 
     def fail(self, worker: str, job: Job, error: str, retry: bool, charge: bool = True) -> bool:
         """Put the job back (when `retry` and attempts remain) or end it as failed; True when requeued.
 
         `charge=False` (an outage, not the job's fault) gives the attempt back and always requeues."""
         key = keys.job_key(job.songhash)
-        attempts = int(self.r.hget(key, "attempts") or 0)
+        attempts = int(self.r.hget(key, job.attempts_field) or 0)
         again = retry and (attempts < self.max_attempts or not charge)
         now = time.time()
         pipe = self.r.pipeline()
         if not charge:
-            pipe.hincrby(key, "attempts", -1)
+            pipe.hincrby(key, job.attempts_field, -1)
         if again:
-            pipe.hset(key, mapping={"state": "queued", "stage": "queued", "error": error, "updated": now})
-            pipe.lpush(keys.QUEUE, job.raw)
+            state = {"state": "queued", "stage": "queued"} if job.whole else {}  # a part waits; its song still runs
+            pipe.hset(key, mapping={**state, "error": error, "updated": now})
+            (pipe.lpush if job.whole else pipe.rpush)(keys.QUEUE, job.raw)  # a part goes to the front: its song is under way
         else:
             pipe.hset(key, mapping={"state": "failed", "stage": "failed", "error": error, "finished": now, "updated": now})
             pipe.lpush(keys.DEAD, job.raw)
             pipe.hincrby(keys.STATS, "failed", 1)
+            pipe.delete(keys.parts_key(job.songhash))
         pipe.lrem(keys.processing_key(worker), 1, job.raw)
         pipe.execute()
         return again
@@ -203,12 +321,16 @@ class JobQueue:
     def _requeue_from(self, worker: str) -> int:
         moved = 0
         while (raw := self.r.lmove(keys.processing_key(worker), keys.QUEUE, "RIGHT", "RIGHT")) is not None:
-            songhash = Job.from_message(raw).songhash
-            self.r.hset(keys.job_key(songhash), mapping={"state": "queued", "stage": "queued", "updated": time.time()})
+            job = Job.from_message(raw)
+            if job.whole:  # a part or stitch put back leaves its song running
+                self.r.hset(keys.job_key(job.songhash), mapping={"state": "queued", "stage": "queued", "updated": time.time()})
             moved += 1
         return moved
 
     # --- models as the workers see them ----------------------------------------------------
+    def live_workers(self) -> int:
+        return sum(1 for worker in self.r.smembers(keys.WORKERS) if self.r.exists(keys.heartbeat_key(worker)))
+
     def publish_models(self, worker: str, models: dict[str, dict]) -> None:
         """What one worker can load; it expires with the worker unless refreshed (with each heartbeat)."""
         self.r.set(keys.models_key(worker), json.dumps(models), ex=max(4 * self.heartbeat_ttl_s, 60))

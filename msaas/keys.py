@@ -24,3 +24,8 @@ def heartbeat_key(worker: str) -> str:
 def models_key(worker: str) -> str:
     """string, with a TTL: JSON {model: {"tracks", "available"}} as that worker sees them ("*" matches every worker's)"""
     return f"models:{worker}"
+
+
+def parts_key(songhash: str) -> str:
+    """hash of a song split across workers: p<k> -> part k's progress, d<k> -> 1 once stored, stitch -> 1 once queued"""
+    return f"parts:{songhash}"

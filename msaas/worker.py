@@ -14,12 +14,12 @@ from pathlib import Path
 
 import redis
 
-from . import audio, models, storage
+from . import audio, models, splitting, storage
 from .callbacks import CallbackSender
 from .config import Settings
 from .jobs import Job, JobQueue
 from .metrics import WorkerMetrics
-from .separation import ModelUnavailable, Separator, cpu_budget, load_separator, separate_file
+from .separation import ModelUnavailable, Separator, StemSink, cpu_budget, load_separator, separate_file
 
 log = logging.getLogger("msaas.worker")
 
@@ -29,6 +29,7 @@ STAGES = {
     "decoding": (0.01, 0.02),
     "separating": (0.02, 0.92),
     "encoding": (0.92, 0.98),
+    "stitching": (0.9, 0.98),  # a split song's last step, after its parts (jobs.PARTS_SHARE)
     "uploading": (0.98, 1.0),
 }
 RETRY_LOAD_AFTER_S = 300
@@ -171,7 +172,12 @@ class Worker:
     # --- one job ---------------------------------------------------------------------------
     def process(self, job: Job) -> None:
         started = time.monotonic()
-        log.info("job %s: separating with %s", job.songhash, job.model)
+        if not job.whole and (self.jobs.status(job.songhash) or {}).get("state") != "running":
+            log.info("job %s has ended; dropping its %s", job.songhash, "stitch" if job.stitch else f"part {job.part}")
+            self.jobs.drop(self.name, job)
+            return
+        what = "stitching its parts" if job.stitch else "separating" + (f" part {job.part}" if job.part is not None else "")
+        log.info("job %s: %s with %s", job.songhash, what, job.model)
         last = [0.0, ""]
 
         def progress(stage: str, fraction: float) -> None:
@@ -184,7 +190,12 @@ class Worker:
 
         try:
             with tempfile.TemporaryDirectory(prefix="msaas-job-") as tmp:
-                tracks = self._separate(job, Path(tmp), progress)
+                if job.part is not None:
+                    tracks = self._separate_part(job, Path(tmp), progress)
+                elif job.stitch:
+                    tracks = self._stitch(job, Path(tmp), progress)
+                else:
+                    tracks = self._separate(job, Path(tmp), progress)
         except (ModelUnavailable, audio.NotAudio, audio.TooLong, ValueError) as exc:
             self._fail(job, str(exc), retry=False)
             return
@@ -202,18 +213,37 @@ class Worker:
             log.exception("job %s: separation failed", job.songhash)
             self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True)
             return
-        self.jobs.finish(self.name, job, tracks)
         self.outage_backoff_s = 0.0
+        if tracks is None:  # split into parts, or one part of a split song stored
+            return
+        self.jobs.finish(self.name, job, tracks)
+        if job.stitch:
+            self._remove_parts(job)
         self.metrics.jobs.labels("done").inc()
         self.metrics.seconds.observe(time.monotonic() - started)
         log.info("job %s: done in %.1f s, tracks %s", job.songhash, time.monotonic() - started, ", ".join(tracks))
         self._call_back(job, "done", tracks)
 
-    def _separate(self, job: Job, tmp: Path, progress) -> list[str]:
-        sep = self.separator(job.model)
+    def _download(self, job: Job, tmp: Path, progress) -> Path:
         progress("downloading", 0.0)
         source = tmp / "song"
         self.store.get_file(storage.QUEUE_BUCKET, storage.upload_name(job.songhash), source)
+        return source
+
+    def _separate(self, job: Job, tmp: Path, progress) -> list[str] | None:
+        sep = self.separator(job.model)
+        source = self._download(job, tmp, progress)
+        if splitting.can_split(sep) and self.settings.split_over_s > 0:
+            seconds = audio.probe(source, self.settings.max_duration_s).duration_s
+            parts = splitting.parts_for(
+                seconds, self.settings.split_over_s, self.settings.split_max_parts, self.jobs.live_workers()
+            )
+            if parts > 1:
+                progress("decoding", 0.0)
+                plan = splitting.make_plan(sep, source, parts, self.settings.max_duration_s)
+                self.jobs.split(self.name, job, plan)
+                log.info("job %s: %.0f s of song, split into %d parts for the workers", job.songhash, seconds, parts)
+                return None
         fmt = job.options.get("format", "mp3")
         song: dict = {}
         stems = separate_file(
@@ -228,11 +258,64 @@ class Worker:
             info=song,
         )
         self.metrics.audio.inc(song["samples"] / song["rate"])
-        _, _, _, ext, content_type = audio.FORMATS[fmt]
+        return self._upload(job, stems, progress)
+
+    def _separate_part(self, job: Job, tmp: Path, progress) -> None:
+        sep = self.separator(job.model)
+        plan = self.jobs.plan(job.songhash)
+        if plan is None or not splitting.can_split(sep) or not 0 <= job.part < len(plan["parts"]):
+            raise ValueError(f"part {job.part} of a song that has no such part (or model {job.model} cannot be split)")
+        source = self._download(job, tmp, progress)
+        out = tmp / "part"
+        splitting.separate_part(sep, source, plan, job.part, out, lambda f: progress("separating", f))
+        progress("uploading", 0.0)
+        self.store.put_file(storage.QUEUE_BUCKET, splitting.part_name(job.songhash, job.part), out, "application/octet-stream")
+        done = self.jobs.finish_part(self.name, job, len(plan["parts"]))
+        log.info(
+            "job %s: part %d stored by %s (%d of %d done)", job.songhash, job.part, self.name, max(done, 0), len(plan["parts"])
+        )
+        return None
+
+    def _stitch(self, job: Job, tmp: Path, progress) -> list[str]:
+        sep = self.separator(job.model)
+        plan = self.jobs.plan(job.songhash)
+        if plan is None or not splitting.can_split(sep):
+            raise ValueError(f"no plan to stitch song {job.songhash} with model {job.model}")
+        fmt = job.options.get("format", "mp3")
+        bitrate = int(job.options.get("bitrate", audio.DEFAULT_BITRATE))
+        sink = StemSink(sep, tmp, plan["samples"], plan["rate"], fmt, bitrate, job.options.get("two_stems"))
+        part = tmp / "part"
+
+        def fetch(k: int) -> Path:
+            part.unlink(missing_ok=True)  # one part on disk at a time
+            self.store.get_file(storage.QUEUE_BUCKET, splitting.part_name(job.songhash, k), part)
+            return part
+
+        try:
+            splitting.stitch(sep, plan, fetch, sink, lambda f: progress("stitching", f))
+        finally:
+            sink.close()
+        self.metrics.audio.inc(plan["samples"] / plan["rate"])
+        return self._upload(job, sink.paths, progress)
+
+    def _upload(self, job: Job, stems: dict[str, Path], progress) -> list[str]:
+        _, _, _, ext, content_type = audio.FORMATS[job.options.get("format", "mp3")]
         for i, (track, path) in enumerate(stems.items()):
             progress("uploading", i / len(stems))
             self.store.put_file(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, ext), path, content_type)
         return list(stems)
+
+    def _remove_parts(self, job: Job) -> None:
+        """A split song's parts are scratch: gone once its stems are stored or it has failed (best effort)."""
+        try:
+            plan = self.jobs.plan(job.songhash)
+            for k in range(len(plan["parts"]) if plan else 0):
+                try:
+                    self.store.remove(storage.QUEUE_BUCKET, splitting.part_name(job.songhash, k))
+                except storage.ObjectNotFound:
+                    pass
+        except (storage.StorageError, redis.RedisError) as exc:
+            log.warning("job %s: could not remove its parts: %s", job.songhash, exc)
 
     def _fail(self, job: Job, error: str, retry: bool, charge: bool = True) -> None:
         try:
@@ -247,6 +330,8 @@ class Worker:
             log.warning("job %s: %s; requeued", job.songhash, error)
         else:
             log.error("job %s failed: %s", job.songhash, error)
+            if not job.whole:
+                self._remove_parts(job)
             self._call_back(job, "failed", [], error)
 
     def _call_back(self, job: Job, state: str, tracks: list[str], error: str | None = None) -> None:

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from msaas import audio, jobs, redisproc, storage
+from msaas.client import Client
 from msaas.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,3 +204,24 @@ def processes():
     yield started
     for proc in reversed(started):
         stop(proc, signal.SIGINT)
+
+
+def wait_until(predicate, timeout_s=120, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def start_rest(settings, processes, **env):
+    rest = msaas_process("rest", settings, **env)
+    processes.append(rest)
+    wait_http(f"http://127.0.0.1:{settings.port}/healthz", proc=rest)
+    return Client(f"127.0.0.1:{settings.port}")
+
+
+def stems_stored(settings, songhash):
+    return sorted(p.name for p in (settings.storage_dir / "output").glob(f"{songhash}-*"))

@@ -8,32 +8,10 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, free_port, make_song, msaas_process, stop, wait_http
+from conftest import BIN, free_port, make_song, msaas_process, start_rest, stems_stored, stop, wait_http, wait_until
 from msaas import jobs, keys, redisproc
-from msaas.client import Client
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(predicate, timeout_s=120, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def start_rest(settings, processes, **env):
-    rest = msaas_process("rest", settings, **env)
-    processes.append(rest)
-    wait_http(f"http://127.0.0.1:{settings.port}/healthz", proc=rest)
-    return Client(f"127.0.0.1:{settings.port}")
-
-
-def stems_stored(settings, songhash):
-    return sorted(p.name for p in (settings.storage_dir / "output").glob(f"{songhash}-*"))
 
 
 def test_a_worker_killed_mid_separation_is_replaced_and_the_job_finishes_once(settings, redis_client, processes, tmp_path):

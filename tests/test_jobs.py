@@ -128,3 +128,75 @@ def test_a_model_is_available_when_any_live_worker_can_load_it(redis_client):
     assert seen["htdemucs"]["available"] is True and seen["spleeter-2stems"]["available"] is True
     jobs.retire("gpu-worker")  # leaves: its word goes with it
     assert jobs.published_models()["htdemucs"]["available"] is False
+
+
+# --- a long song split across workers ---------------------------------------------------------
+PLAN = {"parts": [[0, 3], [3, 6], [6, 9]], "length": 9, "samples": 9, "rate": 44100, "mean": 0.0, "std": 1.0}
+
+
+def split_job(jobs, other_songs=("later",)):
+    jobs.submit(Job("long", "m", options={"format": "wav"}))
+    for h in other_songs:
+        jobs.submit(Job(h, "m"))
+    job = jobs.claim("w1", 1)
+    jobs.split("w1", job, PLAN)
+    return job
+
+
+def test_a_split_song_becomes_parts_at_the_front_of_the_queue(redis_client):
+    jobs = q(redis_client)
+    split_job(jobs)
+    assert redis_client.llen(keys.processing_key("w1")) == 0
+    assert jobs.queued() == ["long", "later"]  # one song, however many parts
+    taken = [jobs.claim(w, 1) for w in ("w1", "w2", "w3")]
+    assert [(t.songhash, t.part, t.options) for t in taken] == [("long", k, {"format": "wav"}) for k in range(3)]
+    status = jobs.status("long")
+    assert status["state"] == "running" and status["parts"] == 3 and status["attempts"] == 1
+    assert "plan" not in status and not [k for k in status if k.startswith("attempts.")]
+
+
+def test_the_last_part_done_queues_the_stitch_once(redis_client):
+    jobs = q(redis_client)
+    split_job(jobs, other_songs=())
+    parts = [jobs.claim(f"w{k}", 1) for k in range(3)]
+    jobs.progress(parts[0], "separating", 0.5)
+    assert jobs.status("long")["progress"] == round(0.9 * 0.5 / 3, 4)
+    assert jobs.finish_part("w0", parts[0], 3) == 1
+    assert jobs.finish_part("w2", parts[2], 3) == 2
+    assert redis_client.llen(keys.QUEUE) == 0
+    assert jobs.finish_part("w1", parts[1], 3) == 3
+    assert jobs.status("long")["progress"] == 0.9
+    again = jobs.claim("w0", 1)  # part 1 rerun (its worker presumed dead) finishes a second time: no second stitch
+    assert again.stitch and again.part is None
+    assert jobs.finish_part("w1", parts[1], 3) == 3
+    assert redis_client.llen(keys.QUEUE) == 0
+    jobs.finish("w0", again, ["vocals"])
+    assert jobs.status("long")["state"] == "done" and not redis_client.exists(keys.parts_key("long"))
+    assert all(redis_client.llen(keys.processing_key(f"w{k}")) == 0 for k in range(3))
+
+
+def test_parts_count_their_own_attempts_and_one_failing_for_good_fails_the_song(redis_client):
+    jobs = q(redis_client, max_attempts=2)
+    split_job(jobs, other_songs=())
+    part = jobs.claim("w1", 1)
+    assert jobs.fail("w1", part, "boom", retry=True) is True  # back at the front, the song still running
+    assert jobs.status("long")["state"] == "running"
+    part = jobs.claim("w1", 1)
+    assert part.part == 0
+    assert jobs.fail("w1", part, "boom again", retry=True) is False
+    status = jobs.status("long")
+    assert status["state"] == "failed" and status["error"] == "boom again"
+    assert not redis_client.exists(keys.parts_key("long"))
+    other = jobs.claim("w2", 1)
+    assert jobs.finish_part("w2", other, 3) == -1  # the song has ended: nothing more is queued
+    assert redis_client.llen(keys.processing_key("w2")) == 0
+
+
+def test_a_dead_workers_part_goes_back_without_requeueing_its_song(redis_client):
+    jobs = q(redis_client, heartbeat_ttl_s=1)
+    split_job(jobs, other_songs=())
+    jobs.claim("dead", 1)
+    redis_client.delete(keys.heartbeat_key("dead"))
+    assert jobs.requeue_orphans() == 1
+    assert jobs.status("long")["state"] == "running"
+    assert jobs.claim("w2", 1).part == 0

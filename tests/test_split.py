@@ -1,11 +1,14 @@
 """Long songs across workers: parts separated apart and stitched give the stems of the whole song."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, make_song
-from msaas import audio
+from conftest import TINY, make_song, msaas_process, start_rest, wait_until
+from msaas import audio, keys
+from msaas.jobs import JobQueue
 from msaas.separation import StemSink, load_separator, separate_all, separate_file
 from msaas.splitting import make_plan, parts_for, separate_part, stitch
 
@@ -86,3 +89,75 @@ def test_a_cut_short_part_is_refused(tiny, tmp_path):
 )
 def test_how_many_parts(seconds, over, workers, expected):
     assert parts_for(seconds, over, 8, workers) == expected
+
+
+# --- through the service: real rest, real workers, the bundled redis-server ---------------------------------
+def stored_by(redis_client, songhash) -> dict[int, str]:
+    found = {}
+    for line in redis_client.lrange(keys.LOGGING, 0, -1):
+        if m := re.search(rf"job {songhash}: part (\d+) stored by (\S+)", line):
+            found[int(m[1])] = m[2]
+    return found
+
+
+def unsplit_stems(tiny, song, tmp_path) -> dict[str, np.ndarray]:
+    (tmp_path / "unsplit").mkdir()
+    return {t: audio.decode(p)[0] for t, p in separate_file(tiny, song, tmp_path / "unsplit", fmt="wav").items()}
+
+
+@pytest.mark.slow
+def test_a_long_song_is_split_across_two_workers_and_stitched(tiny, settings, redis_client, processes, tmp_path):
+    settings = settings.with_(split_over_s=10)
+    client = start_rest(settings, processes)
+    song = make_song(tmp_path / "long.mp3", seconds=30, seed=11)
+    processes.extend(msaas_process("worker", settings) for _ in range(2))
+    wait_until(lambda: JobQueue(redis_client).live_workers() == 2, what="two live workers")
+    h = client.submit(song, format="wav")["hash"]
+    status = wait_until(lambda: (s := client.status(h))["state"] in ("done", "failed") and s, what="the job to end")
+    assert status["state"] == "done", status
+    assert status["parts"] == 2 and status["tracks"] == ["drums", "bass", "other", "vocals"]
+    workers = stored_by(redis_client, h)
+    assert sorted(workers) == [0, 1] and workers[0] != workers[1]  # two workers, one part each
+    expected = unsplit_stems(tiny, song, tmp_path)
+    for track in status["tracks"]:
+        path = settings.storage_dir / "output" / f"{h}-{track}.wav"
+        got = audio.decode(path)[0]
+        assert got.shape == expected[track].shape
+        assert error_db(torch.from_numpy(got), torch.from_numpy(expected[track])) < -60
+    assert sorted(p.name for p in (settings.storage_dir / "queue").iterdir()) == [f"{h}.mp3"]  # no part left behind
+    assert not redis_client.exists(keys.parts_key(h))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_during_its_part_loses_nothing(tiny, settings, redis_client, processes, tmp_path):
+    settings = settings.with_(split_over_s=10, heartbeat_ttl_s=2)
+    client = start_rest(settings, processes)
+    song = make_song(tmp_path / "long.mp3", seconds=40, seed=12)
+    doomed, survivor = msaas_process("worker", settings), msaas_process("worker", settings)
+    processes.extend([doomed, survivor])
+    wait_until(lambda: JobQueue(redis_client).live_workers() == 2, what="two live workers")
+    h = client.submit(song, format="wav")["hash"]
+
+    def holds_a_part():
+        name = worker_of(redis_client, doomed.pid)
+        return name and any('"part"' in m for m in redis_client.lrange(keys.processing_key(name), 0, -1))
+
+    wait_until(holds_a_part, what="the doomed worker to take a part")
+    wait_until(lambda: client.status(h).get("parts"), what="the split")
+    doomed.kill()
+    doomed.wait()
+    status = wait_until(
+        lambda: (s := client.status(h))["state"] in ("done", "failed") and s, timeout_s=180, what="the job to end"
+    )
+    assert status["state"] == "done", status
+    record = redis_client.hgetall(keys.job_key(h))
+    assert sorted(int(v) for k, v in record.items() if k.startswith("attempts.part")) == [1, 2]  # the lost part, rerun
+    expected = unsplit_stems(tiny, song, tmp_path)
+    for track in status["tracks"]:
+        got = audio.decode(settings.storage_dir / "output" / f"{h}-{track}.wav")[0]
+        assert error_db(torch.from_numpy(got), torch.from_numpy(expected[track])) < -60
+    assert redis_client.llen(keys.QUEUE) == 0
+
+
+def worker_of(redis_client, pid: int) -> str | None:
+    return next((w for w in redis_client.smembers(keys.WORKERS) if f"-{pid}-" in w), None)

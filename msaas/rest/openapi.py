@@ -167,6 +167,7 @@ def spec() -> dict:
                         "model": {"type": "string"},
                         "tracks": {"type": "array", "items": {"type": "string"}},
                         "error": {"type": "string"},
+                        "parts": {"type": "integer", "minimum": 2, "description": "a long song split across this many workers"},
                         "urls": {"type": "object"},
                     },
                 },
