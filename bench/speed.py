@@ -10,10 +10,6 @@ Usage: python bench/speed.py [SECONDS ...]   (default 30 120 600)
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,18 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from stack import Stack  # noqa: E402
 from worker_memory import full_size_htdemucs, song  # noqa: E402
 
-from msaas import audio, redisproc  # noqa: E402
-from msaas.client import Client  # noqa: E402
+from msaas import audio  # noqa: E402
 
 PEAK_OF_CHILD = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(repo: Path, path: Path, out: Path) -> tuple[float, float]:
@@ -81,59 +71,18 @@ def model_only(repo: Path, path: Path) -> float:
 
 def main(lengths: list[int]) -> None:
     repo = full_size_htdemucs()
-    work = Path(tempfile.mkdtemp(prefix="msaas-bench-"))
-    redis_port, port = free_port(), free_port()
-    server = redisproc.start(redis_port, work / "redis", persist=False)
-    env = {
-        **os.environ,
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "STORAGE_DIR": str(work / "storage"),
-        "PORT": str(port),
-        "DEMUCS_REPO": str(repo),
-        "DEMUCS_MODEL": "htdemucs",
-        "MAX_UPLOAD_MB": "200",
-        "LOG_STDOUT": "0",
-    }
-    worker = subprocess.Popen([sys.executable, "-m", "msaas.cli", "worker"], env=env, start_new_session=True)
-    rest = subprocess.Popen(
-        [sys.executable, "-m", "msaas.cli", "rest"],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     rows = []
-    try:
-        client = Client(f"127.0.0.1:{port}")
-        deadline = time.monotonic() + 120
-        while True:  # warm: the worker has loaded the model once this answers and the model list says so
-            try:
-                if client.models() and any(m["name"] == "htdemucs" and m["available"] for m in client.models()["models"]):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the stack did not come up")
-            time.sleep(0.5)
-        time.sleep(5)
+    with Stack(repo) as stack, tempfile.TemporaryDirectory(prefix="msaas-bench-cli-") as work:
+        worker = stack.workers[0]
         for seconds in lengths:
             path = song(seconds)
-            cli_s, cli_mb = cli(repo, path, work / f"cli-{seconds}")
+            cli_s, cli_mb = cli(repo, path, Path(work) / f"cli-{seconds}")
             Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # reset the worker's peak RSS
-            started = time.monotonic()
-            status = client.wait(client.submit(path)["hash"], timeout_s=7200)
-            msaas_s = time.monotonic() - started
-            assert status["state"] == "done", status
+            msaas_s, _ = stack.separate(path)
             msaas_mb = vm_hwm_mb(worker.pid)
             forward_s = model_only(repo, path)
             rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s))
             print_rows(rows)
-    finally:
-        for proc in (rest, worker):
-            proc.send_signal(signal.SIGINT)
-            proc.wait(60)
-        server.terminate()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def print_rows(rows) -> None:

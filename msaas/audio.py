@@ -139,6 +139,10 @@ def decode(path: Path, max_duration_s: float | None = None) -> tuple[np.ndarray,
     return wave, rate
 
 
+# LAME's -q (0 slowest .. 9 fastest); FFmpeg's default (3) is slower for no audible gain at these bitrates.
+LAME_QUALITY = 5
+
+
 class StemWriter:
     """Encodes one stem incrementally; call `write` with [channels, n] float32 blocks, then `close`."""
 
@@ -150,8 +154,7 @@ class StemWriter:
         self.stream = self.container.add_stream(codec, rate=sample_rate, layout=self.layout)
         if fmt == "mp3":
             self.stream.bit_rate = bitrate_kbps * 1000
-            # LAME's own default quality (-q 5): FFmpeg's default is slower for no audible gain at these bitrates.
-            self.stream.codec_context.options = {"compression_level": "5"}
+            self.stream.codec_context.options = {"compression_level": str(LAME_QUALITY)}
         self.pts = 0
 
     def write(self, block: np.ndarray) -> None:

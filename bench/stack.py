@@ -1,0 +1,94 @@
+"""An MSaaS stack for benchmarks: the bundled redis-server, `msaas rest` and warm `msaas worker`s, as real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from msaas import keys, redisproc
+from msaas.client import Client
+from msaas.jobs import connect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    def __init__(self, repo: Path, workers: int = 1, model: str = "htdemucs", **env: str):
+        self.work = Path(tempfile.mkdtemp(prefix="msaas-bench-"))
+        self.workers_wanted = workers
+        redis_port, port = free_port(), free_port()
+        self.server = redisproc.start(redis_port, self.work / "redis", persist=False)
+        self.env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "STORAGE_DIR": str(self.work / "storage"),
+            "PORT": str(port),
+            "DEMUCS_REPO": str(repo),
+            "DEMUCS_MODEL": model,
+            "MAX_UPLOAD_MB": "200",
+            "LOG_STDOUT": "0",
+            "METRICS_PORT": "0",
+            **env,
+        }
+        self.model = model
+        self.client = Client(f"127.0.0.1:{port}")
+        self.redis = connect(self.env["REDIS_URL"])
+        self.procs: list[subprocess.Popen] = []
+
+    def _start(self, command: str, quiet: bool = False) -> subprocess.Popen:
+        out = subprocess.DEVNULL if quiet else None
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "msaas.cli", command], env=self.env, start_new_session=True, stdout=out, stderr=out
+        )
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Stack:
+        self.workers = [self._start("worker") for _ in range(self.workers_wanted)]
+        self._start("rest", quiet=True)
+        deadline = time.monotonic() + 300
+        while True:  # warm: every worker has loaded the model
+            loaded = sum(f"model {self.model} loaded" in line for line in self.redis.lrange(keys.LOGGING, 0, -1))
+            if loaded >= self.workers_wanted:
+                try:
+                    self.client.models()
+                    break
+                except OSError:
+                    pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("the stack did not come up")
+            time.sleep(0.5)
+        time.sleep(3)
+        return self
+
+    def separate(self, path: Path) -> tuple[float, str]:
+        """Seconds from the upload request to every stem stored; the song's hash."""
+        started = time.monotonic()
+        songhash = self.client.submit(path)["hash"]
+        status = self.client.wait(songhash, timeout_s=7200)
+        elapsed = time.monotonic() - started
+        if status["state"] != "done":
+            raise RuntimeError(f"the job failed: {status}")
+        return elapsed, songhash
+
+    def stem(self, songhash: str, track: str) -> Path:
+        return Path(self.env["STORAGE_DIR"]) / "output" / f"{songhash}-{track}.mp3"
+
+    def __exit__(self, *exc) -> None:
+        for proc in reversed(self.procs):
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.wait(60)
+        self.server.terminate()
+        shutil.rmtree(self.work, ignore_errors=True)
