@@ -4,12 +4,14 @@
 - anchor: `python -m demucs.separate --repo REPO -n htdemucs --mp3` (a fresh process per song, as users run it)
 - MSaaS: rest + a warm worker (real processes, the bundled redis-server, local store); upload -> every stem stored
 - model only: the forward passes alone, the lower bound for both
+- in job: the worker's own account of the same job (its forward passes, and the CPU its encoders took beside them)
 The model is htdemucs' full-size architecture with random weights (compute does not depend on the weights).
 Usage: python bench/speed.py [SECONDS ...]   (default 30 120 600)
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,28 +47,24 @@ def vm_hwm_mb(pid: int) -> float:
 
 
 def model_only(repo: Path, path: Path) -> float:
-    """Seconds spent in the model's forward passes alone when separating `path`."""
+    """Seconds spent in the model's forward passes alone when separating `path` (nothing else running)."""
     import torch
 
     from msaas.separation import cpu_budget, load_separator, separate_all
 
     torch.set_num_threads(cpu_budget())
     separator = load_separator("htdemucs", repo, "cpu")
-    spent = [0.0]
-    for member in getattr(separator.model, "models", [separator.model]):
-        forward = member.forward
-
-        def timed(*args, forward=forward, **kwargs):
-            started = time.perf_counter()
-            try:
-                return forward(*args, **kwargs)
-            finally:
-                spent[0] += time.perf_counter() - started
-
-        member.forward = timed
     wave, _ = audio.decode(path)
     separate_all(separator, torch.from_numpy(wave))
-    return spent[0]
+    return separator.forward_s
+
+
+def in_job(stack: Stack, songhash: str) -> tuple[float, float]:
+    """The worker's own account of a job: seconds in forward passes, CPU seconds of encoding beside them."""
+    for line in stack.log_lines(songhash):
+        if m := re.search(r"forward passes ([\d.]+) s, encoding ([\d.]+) s of CPU", line):
+            return float(m[1]), float(m[2])
+    return float("nan"), float("nan")
 
 
 def main(lengths: list[int]) -> None:
@@ -78,21 +76,23 @@ def main(lengths: list[int]) -> None:
             path = song(seconds)
             cli_s, cli_mb = cli(repo, path, Path(work) / f"cli-{seconds}")
             Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # reset the worker's peak RSS
-            msaas_s, _ = stack.separate(path)
+            msaas_s, songhash = stack.separate(path)
             msaas_mb = vm_hwm_mb(worker.pid)
             forward_s = model_only(repo, path)
-            rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s))
+            rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s, *in_job(stack, songhash)))
             print_rows(rows)
 
 
 def print_rows(rows) -> None:
     print(
-        f"{'song':>6} | {'demucs CLI':>10} {'MSaaS':>8} {'ratio':>6} | {'CLI RSS':>8} {'MSaaS RSS':>9} {'ratio':>6} | {'model only':>10} {'share':>6}"
+        f"{'song':>6} | {'demucs CLI':>10} {'MSaaS':>8} {'ratio':>6} | {'CLI RSS':>8} {'MSaaS RSS':>9} {'ratio':>6} "
+        f"| {'model only':>10} {'share':>6} | {'in job: forward':>15} {'share':>6} {'encoding CPU':>12}"
     )
-    for seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s in rows:
+    for seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s, job_forward_s, encode_s in rows:
         print(
             f"{seconds:>5}s | {cli_s:>9.1f}s {msaas_s:>7.1f}s {msaas_s / cli_s:>6.2f} | {cli_mb:>6.0f}MB {msaas_mb:>7.0f}MB "
-            f"{msaas_mb / cli_mb:>6.2f} | {forward_s:>9.1f}s {forward_s / msaas_s:>6.0%}",
+            f"{msaas_mb / cli_mb:>6.2f} | {forward_s:>9.1f}s {forward_s / msaas_s:>6.0%} "
+            f"| {job_forward_s:>14.1f}s {job_forward_s / msaas_s:>6.0%} {encode_s:>11.1f}s",
             flush=True,
         )
 

@@ -82,6 +82,9 @@ class Stack:
             raise RuntimeError(f"the job failed: {status}")
         return elapsed, songhash
 
+    def log_lines(self, songhash: str) -> list[str]:
+        return [line for line in reversed(self.redis.lrange(keys.LOGGING, 0, -1)) if songhash in line]
+
     def stem(self, songhash: str, track: str) -> Path:
         return Path(self.env["STORAGE_DIR"]) / "output" / f"{songhash}-{track}.mp3"
 

@@ -55,6 +55,9 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.audio = Counter("msaas_audio_seconds", "Seconds of songs separated", registry=self.registry)
+        self.forward = Counter(
+            "msaas_forward_seconds", "Wall seconds spent in the model's forward passes", registry=self.registry
+        )
 
     def serve(self, port: int) -> None:
         from prometheus_client import start_http_server

@@ -7,6 +7,7 @@ import math
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -92,6 +93,7 @@ class DemucsSeparator:
         self.name = name
         self.tracks = list(model.sources)
         self.samplerate = int(model.samplerate)
+        self.forward_s = 0.0  # wall time spent in the model's forward passes, all songs together
 
     def _members(self) -> tuple[list, torch.Tensor]:
         from demucs.apply import BagOfModels
@@ -117,10 +119,12 @@ class DemucsSeparator:
         with torch.inference_mode():
             for done, i in enumerate(chunks, 1):
                 chunk = TensorChunk(normalized[None], plan.offsets[i], plan.segment_length)
+                started = time.perf_counter()
                 estimate = sum(
                     apply_model(member, chunk, shifts=0, split=False, device=self.device)[0].cpu() * share[m]
                     for m, member in enumerate(members)
                 )
+                self.forward_s += time.perf_counter() - started
                 yield plan.weight[: estimate.shape[-1]] * estimate
                 progress(done / len(chunks))
 
@@ -272,36 +276,64 @@ class StreamResampler:
         return out
 
 
+ENCODER_QUEUE = 12  # blocks (about 6 s of song each, 8 MB for 4 stems) an encoder may lag behind the model
+
+
+def idle_priority() -> None:
+    """Let the calling thread run only on CPU time that the rest of the process leaves idle (Linux SCHED_IDLE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux: an ordinary thread
+        pass
+
+
 class StemEncoders:
-    """Each track's encoder, fed from a thread of its own so that encoding overlaps with the model's compute; the
-    queue between them is bounded, so a slow encoder holds back the separator instead of piling up audio."""
+    """Each track's encoder in a thread of its own, fed through a bounded queue, at idle priority.
 
-    def __init__(self, paths: dict[str, Path], rate: int, fmt: str, bitrate: int, depth: int = 4):
-        self.writers = {track: audio.StemWriter(path, rate, fmt, bitrate) for track, path in paths.items()}
-        self.blocks: queue.Queue = queue.Queue(maxsize=depth)
+    The encoders use the CPU time the model leaves (torch's threads wait on each other within each layer), so encoding
+    costs the separation next to nothing; when they fall `depth` blocks behind, the separator waits for them instead of
+    piling up audio. At the end they drain in parallel (PyAV lets go of the GIL)."""
+
+    def __init__(self, paths: dict[str, Path], rate: int, fmt: str, bitrate: int, depth: int = ENCODER_QUEUE):
+        self.writers = [audio.StemWriter(path, rate, fmt, bitrate) for path in paths.values()]
+        self.queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in self.writers]
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="encoders", daemon=True)
-        self.thread.start()
+        self.cpu = [0.0] * len(self.writers)
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"encoder-{track}", daemon=True) for i, track in enumerate(paths)
+        ]
+        for thread in self.threads:
+            thread.start()
 
-    def _run(self) -> None:
-        while (block := self.blocks.get()) is not None:
+    @property
+    def cpu_s(self) -> float:
+        """The CPU time encoding took (beside the model)."""
+        return sum(self.cpu)
+
+    def _run(self, i: int) -> None:
+        idle_priority()
+        started = time.thread_time()
+        while (block := self.queues[i].get()) is not None:
             if self.error is None:
                 try:
-                    for i, writer in enumerate(self.writers.values()):
-                        writer.write(block[i].numpy())
+                    self.writers[i].write(block.numpy())
                 except BaseException as exc:  # handed to the separating thread at its next put or at close
                     self.error = exc
+        self.cpu[i] = time.thread_time() - started
 
     def put(self, block: torch.Tensor) -> None:
         if self.error is not None:
             raise self.error
         if block.shape[-1]:
-            self.blocks.put(block)
+            for i, stems in enumerate(self.queues):
+                stems.put(block[i])
 
     def close(self) -> None:
-        self.blocks.put(None)
-        self.thread.join()
-        for writer in self.writers.values():
+        for stems in self.queues:
+            stems.put(None)
+        for thread in self.threads:
+            thread.join()
+        for writer in self.writers:
             writer.close()
         if self.error is not None:
             raise self.error
@@ -355,7 +387,8 @@ def separate_file(
     info: dict | None = None,
 ) -> dict[str, Path]:
     """Separate one song file into stem files in `out_dir`; every stem has the input's rate and length.
-    `info`, when given, receives the song's `samples` and `rate`.
+    `info`, when given, receives the song's `samples` and `rate`, the seconds spent in the model's forward passes
+    (`forward_s`, when the separator counts them) and the CPU seconds the encoders took (`encode_cpu_s`).
 
     Stems are encoded as the separator emits them: no stem of the whole song is ever held in memory."""
     progress("decoding", 0.0)
@@ -363,10 +396,13 @@ def separate_file(
     if info is not None:
         info.update(samples=length, rate=rate)
     sink = StemSink(separator, out_dir, length, rate, fmt, bitrate, two_stems)
+    forward_s = getattr(separator, "forward_s", 0.0)
     try:
         separator.stream(mix, sink.put, lambda f: progress("separating", f))
         sink.finish()
     finally:
         progress("encoding", 0.5)
         sink.close()
+    if info is not None:
+        info.update(forward_s=getattr(separator, "forward_s", 0.0) - forward_s, encode_cpu_s=sink.encoders.cpu_s)
     return sink.paths

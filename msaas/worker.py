@@ -258,7 +258,16 @@ class Worker:
             info=song,
         )
         self.metrics.audio.inc(song["samples"] / song["rate"])
-        return self._upload(job, stems, progress)
+        self.metrics.forward.inc(song["forward_s"])
+        tracks = self._upload(job, stems, progress)
+        log.info(
+            "job %s: %.1f s of song; forward passes %.1f s, encoding %.1f s of CPU beside them",
+            job.songhash,
+            song["samples"] / song["rate"],
+            song["forward_s"],
+            song["encode_cpu_s"],
+        )
+        return tracks
 
     def _separate_part(self, job: Job, tmp: Path, progress) -> None:
         sep = self.separator(job.model)
@@ -267,12 +276,21 @@ class Worker:
             raise ValueError(f"part {job.part} of a song that has no such part (or model {job.model} cannot be split)")
         source = self._download(job, tmp, progress)
         out = tmp / "part"
+        forward_s = sep.forward_s
         splitting.separate_part(sep, source, plan, job.part, out, lambda f: progress("separating", f))
+        forward_s = sep.forward_s - forward_s
+        self.metrics.forward.inc(forward_s)
         progress("uploading", 0.0)
         self.store.put_file(storage.QUEUE_BUCKET, splitting.part_name(job.songhash, job.part), out, "application/octet-stream")
         done = self.jobs.finish_part(self.name, job, len(plan["parts"]))
         log.info(
-            "job %s: part %d stored by %s (%d of %d done)", job.songhash, job.part, self.name, max(done, 0), len(plan["parts"])
+            "job %s: part %d stored by %s (%d of %d done); forward passes %.1f s",
+            job.songhash,
+            job.part,
+            self.name,
+            max(done, 0),
+            len(plan["parts"]),
+            forward_s,
         )
         return None
 
