@@ -54,6 +54,7 @@ def model_only(repo: Path, path: Path) -> float:
 
     torch.set_num_threads(cpu_budget())
     separator = load_separator("htdemucs", repo, "cpu")
+    separator.warm_up()  # as a warm worker is
     wave, _ = audio.decode(path)
     separate_all(separator, torch.from_numpy(wave))
     return separator.forward_s

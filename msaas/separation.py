@@ -128,6 +128,15 @@ class DemucsSeparator:
                 yield plan.weight[: estimate.shape[-1]] * estimate
                 progress(done / len(chunks))
 
+    def warm_up(self) -> None:
+        """One chunk of silence through the model: a fresh process's first forward pass costs a few times the next
+        ones (kernels picked and memory laid out for these shapes), which would otherwise land on the first song."""
+        plan = self.chunk_plan(1)
+        silence = torch.zeros(2, plan.segment_length)
+        for _ in self.weighted_chunks(silence, self.chunk_plan(plan.segment_length), range(1)):
+            pass
+        self.forward_s = 0.0
+
     def stream(self, mix: torch.Tensor, emit: Emit, progress: Callable[[float], None] = lambda f: None) -> None:
         """What `apply_model(split=True, overlap=0.25, shifts=0)` computes, chunk by chunk, each stretch of output emitted as
         soon as no later chunk touches it: memory holds one segment of output, whatever the song's length."""

@@ -66,6 +66,8 @@ class Worker:
         except ModelUnavailable as exc:
             self.load_errors[name] = (time.monotonic(), str(exc))
             raise
+        if hasattr(sep, "warm_up"):
+            sep.warm_up()
         log.info("model %s loaded in %.1f s (tracks %s)", name, time.monotonic() - started, ", ".join(sep.tracks))
         while len(self.separators) >= MODELS_KEPT:
             unused = next((n for n in self.separators if n != self.settings.demucs_model), next(iter(self.separators)))
