@@ -24,9 +24,11 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, repo: Path, workers: int = 1, model: str = "htdemucs", **env: str):
+    def __init__(self, repo: Path, workers: int = 1, model: str = "htdemucs", cpus: list[set[int]] | None = None, **env: str):
+        """`cpus`: the CPUs each worker may use (its affinity, from which it sizes its torch threads); default all."""
         self.work = Path(tempfile.mkdtemp(prefix="msaas-bench-"))
         self.workers_wanted = workers
+        self.cpus = cpus or [None] * workers
         redis_port, port = free_port(), free_port()
         self.server = redisproc.start(redis_port, self.work / "redis", persist=False)
         self.env = {
@@ -46,16 +48,21 @@ class Stack:
         self.redis = connect(self.env["REDIS_URL"])
         self.procs: list[subprocess.Popen] = []
 
-    def _start(self, command: str, quiet: bool = False) -> subprocess.Popen:
+    def _start(self, command: str, quiet: bool = False, cpus: set[int] | None = None) -> subprocess.Popen:
         out = subprocess.DEVNULL if quiet else None
         proc = subprocess.Popen(
-            [sys.executable, "-m", "msaas.cli", command], env=self.env, start_new_session=True, stdout=out, stderr=out
+            [sys.executable, "-m", "msaas.cli", command],
+            env=self.env,
+            start_new_session=True,
+            stdout=out,
+            stderr=out,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.procs.append(proc)
         return proc
 
     def __enter__(self) -> Stack:
-        self.workers = [self._start("worker") for _ in range(self.workers_wanted)]
+        self.workers = [self._start("worker", cpus=self.cpus[i]) for i in range(self.workers_wanted)]
         self._start("rest", quiet=True)
         deadline = time.monotonic() + 300
         while True:  # warm: every worker has loaded the model
