@@ -110,15 +110,15 @@ class DemucsSeparator:
         return ChunkPlan(length, int(self.samplerate * segments.pop()))
 
     def weighted_chunks(
-        self, normalized: torch.Tensor, plan: ChunkPlan, chunks: range, progress: Callable[[float], None] = lambda f: None
+        self, source: ChunkSource, plan: ChunkPlan, chunks: range, progress: Callable[[float], None] = lambda f: None
     ) -> Iterator[torch.Tensor]:
         """Each chunk's estimate times its crossfade weight, [tracks, 2, n], for the chunks numbered `chunks`."""
-        from demucs.apply import TensorChunk, apply_model
+        from demucs.apply import apply_model
 
         members, share = self._members()
         with torch.inference_mode():
             for done, i in enumerate(chunks, 1):
-                chunk = TensorChunk(normalized[None], plan.offsets[i], plan.segment_length)
+                chunk = source(plan.offsets[i], plan.segment_length)
                 started = time.perf_counter()
                 estimate = sum(
                     apply_model(member, chunk, shifts=0, split=False, device=self.device)[0].cpu() * share[m]
@@ -131,9 +131,8 @@ class DemucsSeparator:
     def warm_up(self) -> None:
         """One chunk of silence through the model: a fresh process's first forward pass costs a few times the next
         ones (kernels picked and memory laid out for these shapes), which would otherwise land on the first song."""
-        plan = self.chunk_plan(1)
-        silence = torch.zeros(2, plan.segment_length)
-        for _ in self.weighted_chunks(silence, self.chunk_plan(plan.segment_length), range(1)):
+        plan = self.chunk_plan(self.chunk_plan(1).segment_length)
+        for _ in self.weighted_chunks(whole(torch.zeros(2, plan.length)), plan, range(1)):
             pass
         self.forward_s = 0.0
 
@@ -142,8 +141,18 @@ class DemucsSeparator:
         soon as no later chunk touches it: memory holds one segment of output, whatever the song's length."""
         plan = self.chunk_plan(mix.shape[-1])
         mean, std = normalize_(mix)
+        self._separate(whole(mix), plan, mean, std, emit, progress)
+
+    def stream_song(self, song: SongStream, emit: Emit, progress: Callable[[float], None] = lambda f: None) -> None:
+        """`stream` for a song read from its file block by block: memory holds a few segments of it, never all of it."""
+        plan = self.chunk_plan(song.length)
+        self._separate(Window(song.blocks(), song.mean, song.std), plan, song.mean, song.std, emit, progress)
+
+    def _separate(
+        self, source: ChunkSource, plan: ChunkPlan, mean: float, std: float, emit: Emit, progress: Callable[[float], None]
+    ) -> None:
         chunks = range(len(plan.offsets))
-        for start, block in plan.overlap_add(chunks, self.weighted_chunks(mix, plan, chunks, progress)):
+        for start, block in plan.overlap_add(chunks, self.weighted_chunks(source, plan, chunks, progress)):
             emit(block / plan.totals(start, start + block.shape[-1]) * std + mean)
 
 
@@ -207,6 +216,112 @@ class ChunkPlan:
                 final = pending.shape[-1]
             yield at, pending[..., :final]
             pending, at = pending[..., final:], at + final
+
+
+ChunkSource = Callable[[int, int], object]  # (offset, segment length) -> a demucs TensorChunk of the normalized song
+
+
+def whole(normalized: torch.Tensor) -> ChunkSource:
+    """Chunks of a song held whole."""
+    from demucs.apply import TensorChunk
+
+    return lambda offset, length: TensorChunk(normalized[None], offset, length)
+
+
+class SongStream:
+    """A song file at the model's rate, read block by block (never held whole): first for its length and for demucs'
+    normalization (the mean and deviation of its mono mix), then as often as `blocks` is called."""
+
+    def __init__(
+        self,
+        source: Path,
+        model_rate: int,
+        max_duration_s: float | None = None,
+        stats: tuple[float, float] | None = None,
+    ):
+        self.source, self.model_rate, self.max_duration_s = source, model_rate, max_duration_s
+        with audio.Decoder(source, max_duration_s) as decoder:
+            self.rate = decoder.rate
+        same = self.rate == model_rate
+        moments = _Moments()
+        self.samples = sum((moments.add(b) if same and stats is None else b).shape[-1] for b in self._decoded())
+        if self.samples == 0:
+            raise audio.NotAudio("the file decodes to no audio at all")
+        self.length = self.samples if same else int(model_rate * self.samples // self.rate)  # julius' output length
+        if stats is None and not same:
+            for block in self.blocks():
+                moments.add(block)
+        self.mean, self.std = stats or moments.result()
+
+    def _decoded(self) -> Iterator[torch.Tensor]:
+        with audio.Decoder(self.source, self.max_duration_s) as decoder:
+            for block in decoder.blocks():
+                wave = torch.from_numpy(block)
+                yield wave.expand(2, -1).contiguous() if wave.shape[0] == 1 else wave
+
+    def blocks(self) -> Iterator[torch.Tensor]:
+        """[2, k] blocks at the model's rate, `length` samples in all (each a fresh tensor, the caller's to change)."""
+        if self.rate == self.model_rate:
+            yield from self._decoded()
+            return
+        resampler = StreamResampler(self.rate, self.model_rate, self.length)
+        for block in self._decoded():
+            yield resampler.push(block)
+        yield resampler.flush()
+
+
+class _Moments:
+    """Demucs' normalization statistics of a song seen block by block: mean and deviation (n - 1) of its mono mix."""
+
+    def __init__(self):
+        self.n, self.total, self.squares = 0, 0.0, 0.0
+
+    def add(self, block: torch.Tensor) -> torch.Tensor:
+        ref = block.double().mean(0)
+        self.n += ref.shape[0]
+        self.total += float(ref.sum())
+        self.squares += float((ref * ref).sum())
+        return block
+
+    def result(self) -> tuple[float, float]:
+        mean = self.total / self.n
+        variance = (self.squares - self.n * mean * mean) / max(1, self.n - 1)
+        return mean, max(math.sqrt(max(variance, 0.0)), 1e-8)
+
+
+class Window:
+    """The normalized song around the chunk being separated, fed from a stream of blocks: from one segment before the
+    chunk to its end, whatever the song's length. Chunks must be asked for in order."""
+
+    def __init__(self, blocks: Iterator[torch.Tensor], mean: float, std: float):
+        self.blocks, self.mean, self.std = blocks, mean, std
+        self.buffer = torch.zeros(2, 0)
+        self.start = 0  # the song's sample at buffer[..., 0]
+        self.most = 0  # the longest the buffer has been (samples)
+
+    def __call__(self, offset: int, length: int):
+        from demucs.apply import TensorChunk
+
+        keep = max(0, offset - length)  # a short last chunk is centred, reaching back before its offset
+        if keep > self.start:
+            drop = min(keep - self.start, self.buffer.shape[-1])
+            self.buffer, self.start = self.buffer[..., drop:], self.start + drop
+        pending, have = [], self.start + self.buffer.shape[-1]
+        while have < offset + length:
+            block = next(self.blocks, None)
+            if block is None:  # the song's end: the chunk is its last, padded with zeros by TensorChunk
+                break
+            if have < keep:  # the buffer is empty and the window starts further on (a part of a split song)
+                skip = min(keep - have, block.shape[-1])
+                block, have = block[..., skip:], have + skip
+                self.start = have
+            pending.append(block.sub_(self.mean).div_(self.std))
+            have += block.shape[-1]
+        if pending:
+            self.buffer = torch.cat([self.buffer, *pending], dim=-1)
+        self.most = max(self.most, self.buffer.shape[-1])
+        end = min(have, offset + length)
+        return TensorChunk(self.buffer[None, :, : end - self.start], offset - self.start, length)
 
 
 def normalize_(mix: torch.Tensor, stats: tuple[float, float] | None = None) -> tuple[float, float]:
@@ -401,13 +516,19 @@ def separate_file(
 
     Stems are encoded as the separator emits them: no stem of the whole song is ever held in memory."""
     progress("decoding", 0.0)
-    mix, length, rate = load_song(separator, source, max_duration_s)
+    if isinstance(separator, DemucsSeparator):  # read block by block
+        song = SongStream(source, separator.samplerate, max_duration_s)
+        length, rate = song.samples, song.rate
+        run = lambda emit: separator.stream_song(song, emit, lambda f: progress("separating", f))  # noqa: E731
+    else:
+        mix, length, rate = load_song(separator, source, max_duration_s)
+        run = lambda emit: separator.stream(mix, emit, lambda f: progress("separating", f))  # noqa: E731
     if info is not None:
         info.update(samples=length, rate=rate)
     sink = StemSink(separator, out_dir, length, rate, fmt, bitrate, two_stems)
     forward_s = getattr(separator, "forward_s", 0.0)
     try:
-        separator.stream(mix, sink.put, lambda f: progress("separating", f))
+        run(sink.put)
         sink.finish()
     finally:
         progress("encoding", 0.5)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import storage
-from .separation import DemucsSeparator, StemSink, load_song, normalize_
+from .separation import DemucsSeparator, SongStream, StemSink, Window
 
 RAW = np.dtype("<f4")
 READ_SAMPLES = 1 << 16
@@ -39,16 +39,14 @@ def parts_for(seconds: float, split_over_s: float, max_parts: int, workers: int)
 
 def make_plan(separator: DemucsSeparator, source: Path, parts: int, max_duration_s: float | None = None) -> dict:
     """What every part's worker and the stitch need: the chunk runs, the song's lengths and its normalization."""
-    mix, samples, rate = load_song(separator, source, max_duration_s)
-    chunks = separator.chunk_plan(mix.shape[-1])
-    mean, std = normalize_(mix)
+    song = SongStream(source, separator.samplerate, max_duration_s)
     return {
-        "parts": [[run.start, run.stop] for run in chunks.split(parts)],
-        "length": mix.shape[-1],  # at the model's rate
-        "samples": samples,  # at the song's rate
-        "rate": rate,
-        "mean": mean,
-        "std": std,
+        "parts": [[run.start, run.stop] for run in separator.chunk_plan(song.length).split(parts)],
+        "length": song.length,  # at the model's rate
+        "samples": song.samples,  # at the song's rate
+        "rate": song.rate,
+        "mean": song.mean,
+        "std": song.std,
     }
 
 
@@ -56,14 +54,14 @@ def separate_part(
     separator: DemucsSeparator, source: Path, plan: dict, index: int, out: Path, progress: Callable[[float], None]
 ) -> None:
     """Part `index` of the plan: its chunks' weighted sums, written to `out` as they are final."""
-    mix, _, _ = load_song(separator, source)
-    if mix.shape[-1] != plan["length"]:
-        raise ValueError(f"the song decodes to {mix.shape[-1]} samples, its plan says {plan['length']}")
+    song = SongStream(source, separator.samplerate, stats=(plan["mean"], plan["std"]))
+    if song.length != plan["length"]:
+        raise ValueError(f"the song decodes to {song.length} samples, its plan says {plan['length']}")
     chunks = separator.chunk_plan(plan["length"])
     run = range(*plan["parts"][index])
-    normalize_(mix, (plan["mean"], plan["std"]))
+    window = Window(song.blocks(), song.mean, song.std)
     with open(out, "wb") as raw:
-        for _, block in chunks.overlap_add(run, separator.weighted_chunks(mix, chunks, run, progress)):
+        for _, block in chunks.overlap_add(run, separator.weighted_chunks(window, chunks, run, progress)):
             raw.write(block.permute(2, 0, 1).contiguous().numpy().astype(RAW, copy=False).tobytes())
 
 

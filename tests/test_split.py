@@ -2,14 +2,16 @@
 
 import re
 
+import julius
 import numpy as np
 import pytest
 import torch
+from demucs.apply import TensorChunk
 
 from conftest import TINY, make_song, msaas_process, start_rest, wait_until
 from msaas import audio, keys
 from msaas.jobs import JobQueue
-from msaas.separation import StemSink, load_separator, separate_all, separate_file
+from msaas.separation import SongStream, StemSink, Window, load_separator, separate_all, separate_file
 from msaas.splitting import make_plan, parts_for, separate_part, stitch
 
 
@@ -47,10 +49,12 @@ def test_parts_stitched_equal_the_whole_song(tiny, tmp_path, parts):
     got = Collect()
     stitch(tiny, plan, lambda k: files[k], got)
     stitched = torch.cat(got.blocks, dim=-1)
-    whole = separate_all(tiny, torch.from_numpy(audio.decode(song)[0]))
+    unsplit = Collect()
+    tiny.stream_song(SongStream(song, tiny.samplerate), unsplit.put)
+    assert torch.equal(stitched, torch.cat(unsplit.blocks, dim=-1))  # the sums are taken in the same order
+    whole = separate_all(tiny, torch.from_numpy(audio.decode(song)[0]))  # demucs' own way, the song held whole
     assert stitched.shape == whole.shape
-    assert error_db(stitched, whole) < -60  # the issue's bound; the sums are taken in the same order, so in fact:
-    assert torch.equal(stitched, whole)
+    assert error_db(stitched, whole) < -60
 
 
 def test_stitched_stems_are_the_unsplit_files(tiny, tmp_path):
@@ -81,6 +85,26 @@ def test_a_cut_short_part_is_refused(tiny, tmp_path):
     (tmp_path / "p1").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="expected"):
         stitch(tiny, plan, lambda k: tmp_path / f"p{k}", Collect())
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_a_song_read_block_by_block_gives_demucs_chunks_in_little_memory(tiny, tmp_path, rate):
+    path = make_song(tmp_path / "song.wav", seconds=47.3, rate=rate, seed=4, fmt="wav")
+    song = SongStream(path, tiny.samplerate)
+    mix = torch.from_numpy(audio.decode(path)[0])
+    if rate != tiny.samplerate:
+        mix = julius.resample_frac(mix, rate, tiny.samplerate)
+    assert (song.samples, song.rate, song.length) == (mix.shape[-1] if rate == 44100 else int(47.3 * rate), rate, mix.shape[-1])
+    ref = mix.mean(0)
+    assert song.mean == pytest.approx(float(ref.mean()), abs=1e-6) and song.std == pytest.approx(float(ref.std()), rel=1e-5)
+    plan = tiny.chunk_plan(song.length)
+    window = Window(song.blocks(), song.mean, song.std)
+    held = (mix - song.mean) / song.std
+    for offset in plan.offsets:
+        got, expected = window(offset, plan.segment_length), TensorChunk(held[None], offset, plan.segment_length)
+        assert got.length == expected.length
+        assert torch.allclose(got.padded(plan.segment_length), expected.padded(plan.segment_length), atol=1e-5)
+    assert window.most <= 2 * plan.segment_length + 8192  # a segment back, the chunk, a block: not the song
 
 
 @pytest.mark.parametrize(
