@@ -324,14 +324,13 @@ class Window:
         return TensorChunk(self.buffer[None, :, : end - self.start], offset - self.start, length)
 
 
-def normalize_(mix: torch.Tensor, stats: tuple[float, float] | None = None) -> tuple[float, float]:
-    """Demucs' normalization, in place (the song is held once): minus the mono mix's mean, over its deviation."""
-    if stats is None:
-        ref = mix.mean(0)
-        stats = (float(ref.mean()), float(ref.std().clamp_min(1e-8)))
-        del ref
-    mix.sub_(stats[0]).div_(stats[1])
-    return stats
+def normalize_(mix: torch.Tensor) -> tuple[float, float]:
+    """Demucs' normalization of a song held whole, in place (held once): minus the mono mix's mean, over its deviation."""
+    ref = mix.mean(0)
+    mean, std = float(ref.mean()), float(ref.std().clamp_min(1e-8))
+    del ref
+    mix.sub_(mean).div_(std)
+    return mean, std
 
 
 def load_separator(name: str, repo: Path | None = None, device: str = "auto") -> Separator:
