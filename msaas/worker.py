@@ -235,11 +235,10 @@ class Worker:
     def _separate(self, job: Job, tmp: Path, progress) -> list[str] | None:
         sep = self.separator(job.model)
         source = self._download(job, tmp, progress)
-        if splitting.can_split(sep) and self.settings.split_over_s > 0:
+        workers = self.jobs.live_workers() if splitting.can_split(sep) and self.settings.split_over_s > 0 else 1
+        if workers > 1:  # only then is the song's length worth a decoding pass of its own
             seconds = audio.probe(source, self.settings.max_duration_s).duration_s
-            parts = splitting.parts_for(
-                seconds, self.settings.split_over_s, self.settings.split_max_parts, self.jobs.live_workers()
-            )
+            parts = splitting.parts_for(seconds, self.settings.split_over_s, self.settings.split_max_parts, workers)
             if parts > 1:
                 progress("decoding", 0.0)
                 plan = splitting.make_plan(sep, source, parts, self.settings.max_duration_s)
