@@ -4,13 +4,15 @@
 - anchor: `python -m demucs.separate --repo REPO -n htdemucs --mp3` (a fresh process per song, as users run it)
 - MSaaS: rest + a warm worker (real processes, the bundled redis-server, local store); upload -> every stem stored
 - model only: the forward passes alone, the lower bound for both
+- on the device the worker picks (DEMUCS_DEVICE, default auto: CUDA when present), as the CLI does (its -d defaults to CUDA)
 - in job: the worker's own account of the same job (its forward passes, and the CPU its encoders took beside them)
 The model is htdemucs' full-size architecture with random weights (compute does not depend on the weights).
-Usage: python bench/speed.py [SECONDS ...]   (default 30 120 600)
+Usage: python bench/speed.py [--no-cli] [SECONDS ...]   (default 30 120 600; --no-cli: MSaaS and the model alone)
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -46,6 +48,19 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+DEVICE = os.environ.get("DEMUCS_DEVICE", "auto")  # the worker's setting, which the Stack passes on
+
+
+def device() -> str:
+    import torch
+
+    from msaas.separation import cpu_budget, pick_device
+
+    picked = pick_device(DEVICE)
+    name = torch.cuda.get_device_name(picked) if picked.type == "cuda" else "cpu"
+    return f"{name}, {cpu_budget()} CPUs for torch's threads"
+
+
 def model_only(repo: Path, path: Path) -> float:
     """Seconds spent in the model's forward passes alone when separating `path` (nothing else running)."""
     import torch
@@ -53,7 +68,7 @@ def model_only(repo: Path, path: Path) -> float:
     from msaas.separation import cpu_budget, load_separator, separate_all
 
     torch.set_num_threads(cpu_budget())
-    separator = load_separator("htdemucs", repo, "cpu")
+    separator = load_separator("htdemucs", repo, DEVICE)
     separator.warm_up()  # as a warm worker is
     wave, _ = audio.decode(path)
     separate_all(separator, torch.from_numpy(wave))
@@ -68,30 +83,39 @@ def in_job(stack: Stack, songhash: str) -> tuple[float, float]:
     return float("nan"), float("nan")
 
 
-def main(lengths: list[int]) -> None:
+def main(lengths: list[int], with_cli: bool = True) -> None:
     repo = full_size_htdemucs()
+    print(f"device: {device()}", flush=True)
     rows = []
     with Stack(repo) as stack, tempfile.TemporaryDirectory(prefix="msaas-bench-cli-") as work:
         worker = stack.workers[0]
         for seconds in lengths:
             path = song(seconds)
-            cli_s, cli_mb = cli(repo, path, Path(work) / f"cli-{seconds}")
             Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # reset the worker's peak RSS
             msaas_s, songhash = stack.separate(path)
             msaas_mb = vm_hwm_mb(worker.pid)
             forward_s = model_only(repo, path)
-            rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s, *in_job(stack, songhash)))
+            job = in_job(stack, songhash)
+            print(
+                f"{seconds} s song: MSaaS {msaas_s:.1f} s ({seconds / msaas_s:.1f}x real time), peak RSS {msaas_mb:.0f} MB; "
+                f"model only {forward_s:.1f} s; in job: forward passes {job[0]:.1f} s, encoding {job[1]:.1f} s of CPU",
+                flush=True,
+            )
+            if not with_cli:
+                continue
+            cli_s, cli_mb = cli(repo, path, Path(work) / f"cli-{seconds}")
+            rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s, *job))
             print_rows(rows)
 
 
 def print_rows(rows) -> None:
     print(
-        f"{'song':>6} | {'demucs CLI':>10} {'MSaaS':>8} {'ratio':>6} | {'CLI RSS':>8} {'MSaaS RSS':>9} {'ratio':>6} "
+        f"{'song':>6} | {'demucs CLI':>10} {'MSaaS':>8} {'ratio':>6} {'x real time':>11} | {'CLI RSS':>8} {'MSaaS RSS':>9} {'ratio':>6} "
         f"| {'model only':>10} {'share':>6} | {'in job: forward':>15} {'share':>6} {'encoding CPU':>12}"
     )
     for seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s, job_forward_s, encode_s in rows:
         print(
-            f"{seconds:>5}s | {cli_s:>9.1f}s {msaas_s:>7.1f}s {msaas_s / cli_s:>6.2f} | {cli_mb:>6.0f}MB {msaas_mb:>7.0f}MB "
+            f"{seconds:>5}s | {cli_s:>9.1f}s {msaas_s:>7.1f}s {msaas_s / cli_s:>6.2f} {seconds / msaas_s:>10.1f}x | {cli_mb:>6.0f}MB {msaas_mb:>7.0f}MB "
             f"{msaas_mb / cli_mb:>6.2f} | {forward_s:>9.1f}s {forward_s / msaas_s:>6.0%} "
             f"| {job_forward_s:>14.1f}s {job_forward_s / msaas_s:>6.0%} {encode_s:>11.1f}s",
             flush=True,
@@ -99,4 +123,5 @@ def print_rows(rows) -> None:
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [30, 120, 600])
+    args = sys.argv[1:]
+    main([int(a) for a in args if a != "--no-cli"] or [30, 120, 600], with_cli="--no-cli" not in args)

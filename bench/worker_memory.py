@@ -21,11 +21,14 @@ sys.path.insert(0, str(ROOT))
 
 from msaas import audio  # noqa: E402
 
-REPO = Path(tempfile.gettempdir()) / "msaas-bench-htdemucs"
+REPO = Path(tempfile.gettempdir()) / "msaas-bench-htdemucs-7.8"
 
 
 def full_size_htdemucs(repo: Path = REPO) -> Path:
-    """htdemucs' architecture with random weights, saved in demucs' format as the bag `htdemucs`."""
+    """htdemucs' architecture with random weights, saved in demucs' format as the bag `htdemucs`: the released model's
+    segment of 7.8 s (39/5, its transformer's length), so chunks are cut as with the real weights."""
+    from fractions import Fraction
+
     import torch
     import yaml
     from demucs.htdemucs import HTDemucs
@@ -34,7 +37,7 @@ def full_size_htdemucs(repo: Path = REPO) -> Path:
     repo.mkdir(parents=True, exist_ok=True)
     if not list(repo.glob("*.th")):
         torch.manual_seed(0)
-        model = HTDemucs(sources=["drums", "bass", "other", "vocals"])
+        model = HTDemucs(sources=["drums", "bass", "other", "vocals"], segment=Fraction(39, 5))
         args, kwargs = model._init_args_kwargs
         save_with_checksum({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, repo / "955717e8.th")
         (repo / "htdemucs.yaml").write_text(yaml.safe_dump({"models": ["955717e8"]}))

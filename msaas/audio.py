@@ -143,6 +143,12 @@ def decode(path: Path, max_duration_s: float | None = None) -> tuple[np.ndarray,
 LAME_QUALITY = 5
 
 
+def configure_mp3(context: av.CodecContext, bitrate_kbps: int, reservoir: bool = True) -> None:
+    """LAME's settings for every MP3 stem; `reservoir=False` makes each frame self-contained (`parallel_mp3`)."""
+    context.bit_rate = bitrate_kbps * 1000
+    context.options = {"compression_level": str(LAME_QUALITY), **({} if reservoir else {"reservoir": "0"})}
+
+
 class StemWriter:
     """Encodes one stem incrementally; call `write` with [channels, n] float32 blocks, then `close`."""
 
@@ -153,8 +159,7 @@ class StemWriter:
         self.container = av.open(str(path), "w", format=container_name)
         self.stream = self.container.add_stream(codec, rate=sample_rate, layout=self.layout)
         if fmt == "mp3":
-            self.stream.bit_rate = bitrate_kbps * 1000
-            self.stream.codec_context.options = {"compression_level": str(LAME_QUALITY)}
+            configure_mp3(self.stream.codec_context, bitrate_kbps)
         self.pts = 0
 
     def write(self, block: np.ndarray) -> None:

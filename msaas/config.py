@@ -63,6 +63,7 @@ class Settings:
     heartbeat_ttl_s: int = 30
     device: str = "auto"
     torch_threads: int = 0  # 0: as many as the CPUs this process may use
+    encoder_threads: int = 0  # stems' encoders; 0: one per stem beside a model on the CPU, every CPU beside one on a GPU
     hostname: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
     log_stdout: bool = True  # off under `msaas up`, where the logs tail prints every line once
@@ -103,6 +104,7 @@ class Settings:
             heartbeat_ttl_s=int(_number(env, "HEARTBEAT_TTL_S", cls.heartbeat_ttl_s)),
             device=env.get("DEMUCS_DEVICE") or cls.device,
             torch_threads=int(_number(env, "TORCH_THREADS", 0)),
+            encoder_threads=int(_number(env, "ENCODER_THREADS", 0)),
             hostname=env.get("HOSTNAME") or socket.gethostname(),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             log_stdout=_flag(env.get("LOG_STDOUT"), default=True),
@@ -132,6 +134,7 @@ class Settings:
             "HEARTBEAT_TTL_S": str(self.heartbeat_ttl_s),
             "DEMUCS_DEVICE": self.device,
             "TORCH_THREADS": str(self.torch_threads),
+            "ENCODER_THREADS": str(self.encoder_threads),
             "LOG_LEVEL": self.log_level,
             "LOG_STDOUT": "1" if self.log_stdout else "0",
             "WORKER_GRACE_S": repr(self.worker_grace_s),

@@ -9,12 +9,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from . import audio, models
+from . import audio, models, parallel_mp3
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -410,15 +411,37 @@ def idle_priority() -> None:
         pass
 
 
+def encoding_threads(separator: Separator, setting: int = 0) -> int:
+    """Threads for the stems' encoders: `setting` when set; else one per stem beside a model on the CPU (torch has the
+    CPUs, the encoders use what it leaves), every CPU this process may use beside a model on a GPU (where encoding is
+    what a job waits for: each MP3 stem is then encoded on several threads, `parallel_mp3`)."""
+    if setting > 0:
+        return setting
+    device = getattr(separator, "device", None)
+    return cpu_budget() if device is not None and device.type != "cpu" else 0
+
+
 class StemEncoders:
     """Each track's encoder in a thread of its own, fed through a bounded queue, at idle priority.
 
     The encoders use the CPU time the model leaves (torch's threads wait on each other within each layer), so encoding
     costs the separation next to nothing; when they fall `depth` blocks behind, the separator waits for them instead of
-    piling up audio. At the end they drain in parallel (PyAV lets go of the GIL)."""
+    piling up audio. At the end they drain in parallel (PyAV lets go of the GIL). With `threads` of at least two per
+    track, each MP3 track is itself encoded on several of them (`parallel_mp3`), from a pool of that many threads."""
 
-    def __init__(self, paths: dict[str, Path], rate: int, fmt: str, bitrate: int, depth: int = ENCODER_QUEUE):
-        self.writers = [audio.StemWriter(path, rate, fmt, bitrate) for path in paths.values()]
+    def __init__(self, paths: dict[str, Path], rate: int, fmt: str, bitrate: int, depth: int = ENCODER_QUEUE, threads: int = 0):
+        per_track = threads // len(paths)
+        self.pool = (
+            ThreadPoolExecutor(threads, thread_name_prefix="mp3", initializer=idle_priority)
+            if fmt == "mp3" and per_track > 1
+            else None
+        )
+        self.writers = [
+            parallel_mp3.ParallelMp3Writer(path, rate, bitrate, self.pool, per_track)
+            if self.pool
+            else audio.StemWriter(path, rate, fmt, bitrate)
+            for path in paths.values()
+        ]
         self.queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in self.writers]
         self.error: BaseException | None = None
         self.cpu = [0.0] * len(self.writers)
@@ -431,7 +454,7 @@ class StemEncoders:
     @property
     def cpu_s(self) -> float:
         """The CPU time encoding took (beside the model)."""
-        return sum(self.cpu)
+        return sum(self.cpu) + sum(getattr(writer, "cpu_s", 0.0) for writer in self.writers)
 
     def _run(self, i: int) -> None:
         idle_priority()
@@ -456,8 +479,12 @@ class StemEncoders:
             stems.put(None)
         for thread in self.threads:
             thread.join()
-        for writer in self.writers:
-            writer.close()
+        try:
+            for writer in self.writers:
+                writer.close()
+        finally:
+            if self.pool:
+                self.pool.shutdown(cancel_futures=True)
         if self.error is not None:
             raise self.error
 
@@ -473,15 +500,24 @@ class StemSink:
     """Where separated blocks go: the two-stem pick, back to the song's rate, each stem's encoder (in `out_dir`)."""
 
     def __init__(
-        self, separator: Separator, out_dir: Path, length: int, rate: int, fmt: str, bitrate: int, two_stems: str | None
+        self,
+        separator: Separator,
+        out_dir: Path,
+        length: int,
+        rate: int,
+        fmt: str,
+        bitrate: int,
+        two_stems: str | None,
+        threads: int = 0,
     ):
+        """`threads`: the ENCODER_THREADS setting (0: `encoding_threads` picks)."""
         tracks = list(separator.tracks)
         self.pick = tracks.index(two_stems) if two_stems else None
         if two_stems:
             tracks = [two_stems, f"no_{two_stems}"]
         ext = audio.FORMATS[fmt][3]
         self.paths = {track: out_dir / f"{track}.{ext}" for track in tracks}
-        self.encoders = StemEncoders(self.paths, rate, fmt, bitrate)
+        self.encoders = StemEncoders(self.paths, rate, fmt, bitrate, threads=encoding_threads(separator, threads))
         self.back = StreamResampler(separator.samplerate, rate, length) if rate != separator.samplerate else None
 
     def put(self, block: torch.Tensor) -> None:
@@ -508,10 +544,12 @@ def separate_file(
     max_duration_s: float | None = None,
     progress: Progress = lambda stage, fraction: None,
     info: dict | None = None,
+    encoder_threads: int = 0,
 ) -> dict[str, Path]:
     """Separate one song file into stem files in `out_dir`; every stem has the input's rate and length.
     `info`, when given, receives the song's `samples` and `rate`, the seconds spent in the model's forward passes
     (`forward_s`, when the separator counts them) and the CPU seconds the encoders took (`encode_cpu_s`).
+    `encoder_threads`: the ENCODER_THREADS setting (0: `encoding_threads` picks).
 
     Stems are encoded as the separator emits them: no stem of the whole song is ever held in memory."""
     progress("decoding", 0.0)
@@ -524,7 +562,7 @@ def separate_file(
         run = lambda emit: separator.stream(mix, emit, lambda f: progress("separating", f))  # noqa: E731
     if info is not None:
         info.update(samples=length, rate=rate)
-    sink = StemSink(separator, out_dir, length, rate, fmt, bitrate, two_stems)
+    sink = StemSink(separator, out_dir, length, rate, fmt, bitrate, two_stems, encoder_threads)
     forward_s = getattr(separator, "forward_s", 0.0)
     try:
         run(sink.put)

@@ -36,6 +36,12 @@ RETRY_LOAD_AFTER_S = 300
 MODELS_KEPT = 2  # the default model and the last other one used: each holds hundreds of MB
 
 
+def output_options(job: Job) -> tuple[str, int, str | None]:
+    """What the client asked the stems to be: format, bitrate (kbps, for MP3) and the two-stem pick (or None)."""
+    options = job.options
+    return options.get("format", "mp3"), int(options.get("bitrate", audio.DEFAULT_BITRATE)), options.get("two_stems")
+
+
 class Worker:
     def __init__(self, settings: Settings, client: redis.Redis, store: storage.ObjectStore, name: str | None = None):
         self.settings = settings
@@ -245,18 +251,19 @@ class Worker:
                 self.jobs.split(self.name, job, plan)
                 log.info("job %s: %.0f s of song, split into %d parts for the workers", job.songhash, seconds, parts)
                 return None
-        fmt = job.options.get("format", "mp3")
+        fmt, bitrate, two_stems = output_options(job)
         song: dict = {}
         stems = separate_file(
             sep,
             source,
             tmp,
             fmt=fmt,
-            bitrate=int(job.options.get("bitrate", audio.DEFAULT_BITRATE)),
-            two_stems=job.options.get("two_stems"),
+            bitrate=bitrate,
+            two_stems=two_stems,
             max_duration_s=self.settings.max_duration_s,
             progress=progress,
             info=song,
+            encoder_threads=self.settings.encoder_threads,
         )
         self.metrics.audio.inc(song["samples"] / song["rate"])
         self.metrics.forward.inc(song["forward_s"])
@@ -300,9 +307,9 @@ class Worker:
         plan = self.jobs.plan(job.songhash)
         if plan is None or not splitting.can_split(sep):
             raise ValueError(f"no plan to stitch song {job.songhash} with model {job.model}")
-        fmt = job.options.get("format", "mp3")
-        bitrate = int(job.options.get("bitrate", audio.DEFAULT_BITRATE))
-        sink = StemSink(sep, tmp, plan["samples"], plan["rate"], fmt, bitrate, job.options.get("two_stems"))
+        # Encoding alone, no model running beside it: every CPU this worker may use.
+        threads = self.settings.encoder_threads or cpu_budget()
+        sink = StemSink(sep, tmp, plan["samples"], plan["rate"], *output_options(job), threads)
         part = tmp / "part"
 
         def fetch(k: int) -> Path:
@@ -318,7 +325,7 @@ class Worker:
         return self._upload(job, sink.paths, progress)
 
     def _upload(self, job: Job, stems: dict[str, Path], progress) -> list[str]:
-        _, _, _, ext, content_type = audio.FORMATS[job.options.get("format", "mp3")]
+        _, _, _, ext, content_type = audio.FORMATS[output_options(job)[0]]
         for i, (track, path) in enumerate(stems.items()):
             progress("uploading", i / len(stems))
             self.store.put_file(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, ext), path, content_type)

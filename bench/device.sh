@@ -1,0 +1,21 @@
+#!/bin/bash
+# The benchmarks on a lent GPU machine (this workplace's `device` tool), whose python3 has a CUDA torch but none of our
+# other packages: they travel as cp312 wheels in .whl/ (see BENCHMARKS.md, "GPU"). Results are written under $OUT.
+#   here:  pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl demucs==4.1.0 av==18.1.0 ...
+#   there: bash bench/device.sh            (BENCH_SECONDS="30 120 600" by default; then BASELINE_SECONDS="600" with one
+#          encoder thread per stem, ENCODER_THREADS=4, as a CPU worker encodes)
+set -o pipefail
+OUT=${OUT:-/tmp/msaas-device}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  lscpu | grep -E '^(Model name|CPU\(s\))'
+  python3 -c 'import torch, demucs; print("torch", torch.__version__, "demucs", demucs.__version__)'
+} 2>&1 | tee "$OUT/machine.txt"
+timeout 120 python3 bench/forward.py 2>&1 | tee "$OUT/forward.txt"
+python3 bench/speed.py ${BENCH_SECONDS:-30 120 600} 2>&1 | tee "$OUT/speed.txt"
+for seconds in ${BASELINE_SECONDS-600}; do
+  ENCODER_THREADS=4 python3 bench/speed.py --no-cli "$seconds" 2>&1 | tee -a "$OUT/speed-one-encoder-per-stem.txt"
+done
