@@ -73,6 +73,15 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def torch_threads(setting: int, device: str) -> int:
+    """Torch's CPU threads: `setting` when set; else every CPU this process may use for a model on the CPU, and one for a
+    model on a GPU (torch then only adds blocks up on the CPU, while OpenMP threads spinning between those small loops
+    would hold the CPUs that the stems' encoders need)."""
+    if setting > 0:
+        return setting
+    return cpu_budget() if pick_device(device).type == "cpu" else 1
+
+
 class DemucsSeparator:
     """A Demucs model (or bag of models) loaded through `demucs.pretrained.get_model`."""
 

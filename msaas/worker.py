@@ -19,7 +19,7 @@ from .callbacks import CallbackSender
 from .config import Settings
 from .jobs import Job, JobQueue
 from .metrics import WorkerMetrics
-from .separation import ModelUnavailable, Separator, StemSink, cpu_budget, load_separator, separate_file
+from .separation import ModelUnavailable, Separator, StemSink, cpu_budget, load_separator, separate_file, torch_threads
 
 log = logging.getLogger("msaas.worker")
 
@@ -122,7 +122,7 @@ class Worker:
     def run(self, preload: bool = True) -> None:
         import torch
 
-        torch.set_num_threads(self.settings.torch_threads or cpu_budget())
+        torch.set_num_threads(torch_threads(self.settings.torch_threads, self.settings.device))
         self._wait_for_backends()
         self.jobs.heartbeat(self.name)
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()

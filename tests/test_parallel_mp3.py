@@ -8,7 +8,7 @@ import torch
 
 from conftest import TINY, make_song
 from msaas import audio, parallel_mp3
-from msaas.separation import StemEncoders, encoding_threads, load_separator, separate_file
+from msaas.separation import StemEncoders, cpu_budget, encoding_threads, load_separator, separate_file, torch_threads
 
 
 def music(seconds: float, rate: int, channels: int = 2) -> np.ndarray:
@@ -78,13 +78,14 @@ def test_encoders_use_segments_only_with_two_threads_per_track(tmp_path):
     assert isinstance(parallel.writers[0], parallel_mp3.ParallelMp3Writer) and parallel.cpu_s > 0
 
 
-def test_gpu_workers_encode_on_every_cpu_and_cpu_workers_one_thread_per_stem(tiny_repo):
+def test_gpu_workers_encode_on_every_cpu_and_give_torch_one(tiny_repo):
     tiny = load_separator(TINY, tiny_repo, "cpu")
     assert encoding_threads(tiny) == 0  # StemEncoders: one thread per track
     assert encoding_threads(tiny, 6) == 6
     tiny.device = torch.device("cuda")  # as a GPU worker's separator says (nothing runs on it here)
     assert encoding_threads(tiny) >= 1
     tiny.device = torch.device("cpu")
+    assert torch_threads(0, "cpu") == cpu_budget() and torch_threads(0, "cuda") == 1 and torch_threads(3, "cuda") == 3
 
 
 def test_a_separation_with_parallel_encoders_matches_the_serial_one(tiny_repo, tmp_path, monkeypatch):
