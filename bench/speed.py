@@ -54,11 +54,12 @@ DEVICE = os.environ.get("DEMUCS_DEVICE", "auto")  # the worker's setting, which 
 def device() -> str:
     import torch
 
-    from msaas.separation import cpu_budget, pick_device
+    from msaas.separation import cpu_budget, pick_device, torch_threads
 
     picked = pick_device(DEVICE)
     name = torch.cuda.get_device_name(picked) if picked.type == "cuda" else "cpu"
-    return f"{name}, {cpu_budget()} CPUs for torch's threads"
+    threads = torch_threads(int(os.environ.get("TORCH_THREADS", 0)), DEVICE)
+    return f"{name}; {cpu_budget()} CPUs, the worker's torch takes {threads} threads"
 
 
 def model_only(repo: Path, path: Path) -> float:
