@@ -488,12 +488,13 @@ class StemEncoders:
             stems.put(None)
         for thread in self.threads:
             thread.join()
-        try:
-            for writer in self.writers:
+        for writer in self.writers:  # every file closed, whichever fails
+            try:
                 writer.close()
-        finally:
-            if self.pool:
-                self.pool.shutdown(cancel_futures=True)
+            except BaseException as exc:
+                self.error = self.error or exc
+        if self.pool:
+            self.pool.shutdown(cancel_futures=True)
         if self.error is not None:
             raise self.error
 

@@ -101,3 +101,13 @@ def test_a_separation_with_parallel_encoders_matches_the_serial_one(tiny_repo, t
         serial, parallel = runs["serial"][track], runs["parallel"][track]
         assert parallel.shape == reference.shape
         assert snr_db(reference, parallel) > snr_db(reference, serial) - 1.0, track
+
+
+def test_an_encoder_that_fails_fails_the_stems_and_leaves_no_thread_behind(tmp_path):
+    paths = {t: tmp_path / f"{t}.mp3" for t in ("a", "b")}
+    encoders = StemEncoders(paths, 44100, "mp3", 320, threads=4)
+    encoders.put(torch.from_numpy(music(1.0, 44100))[None].expand(2, -1, -1))
+    encoders.put(torch.zeros(2, 5, 1000))  # five channels: no encoder takes that
+    with pytest.raises(ValueError, match="dimension"):
+        encoders.close()
+    assert encoders.pool._shutdown and not any(thread.is_alive() for thread in encoders.threads)
