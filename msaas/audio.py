@@ -149,6 +149,13 @@ def configure_mp3(context: av.CodecContext, bitrate_kbps: int, reservoir: bool =
     context.options = {"compression_level": str(LAME_QUALITY), **({} if reservoir else {"reservoir": "0"})}
 
 
+def frame(data: np.ndarray, sample_format: str, layout: str, rate: int, pts: int) -> av.AudioFrame:
+    """Samples for an encoder: `data` laid out as `sample_format` wants ([channels, n] planar, [1, n * channels] packed)."""
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=sample_format, layout=layout)
+    out.sample_rate, out.pts = rate, pts
+    return out
+
+
 class StemWriter:
     """Encodes one stem incrementally; call `write` with [channels, n] float32 blocks, then `close`."""
 
@@ -168,11 +175,9 @@ class StemWriter:
             data = np.ascontiguousarray((block.T * 32767.0).round().astype(np.int16)).reshape(1, -1)
         else:
             data = np.ascontiguousarray(block, dtype=np.float32)
-        frame = av.AudioFrame.from_ndarray(data, format=self.sample_format, layout=self.layout)
-        frame.sample_rate = self.sample_rate
-        frame.pts = self.pts
+        samples = frame(data, self.sample_format, self.layout, self.sample_rate, self.pts)
         self.pts += block.shape[1]
-        for packet in self.stream.encode(frame):
+        for packet in self.stream.encode(samples):
             self.container.mux(packet)
 
     def close(self) -> None:

@@ -50,13 +50,11 @@ def _encode(
     """One segment's frames (those in `keep`, by index) and the CPU seconds they took."""
     started = time.thread_time()
     context = context or _encoder(*spec)
-    layout = spec[1]
+    rate, layout, _ = spec
     packets: list[av.Packet] = []
-    step = spec[0] * 10
+    step = rate * 10
     for at in range(0, data.shape[1], step):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, at : at + step]), format="fltp", layout=layout)
-        frame.sample_rate, frame.pts = spec[0], first_sample + at
-        packets += context.encode(frame)
+        packets += context.encode(audio.frame(data[:, at : at + step], "fltp", layout, rate, first_sample + at))
     packets += context.encode(None)
     return packets[keep], time.thread_time() - started
 
