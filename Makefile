@@ -34,7 +34,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format msaas tests data bench *.py
 	$(VENV)/bin/ruff check --fix msaas tests data bench *.py
 
-bench: bench-quality bench-speed bench-split  ## benchmarks, not part of `make test`
+bench: bench-speed bench-split bench-quality  ## benchmarks, not part of `make test` (about an hour on 2 CPUs; bench-quality needs espeak-ng)
 
 bench-speed: $(STAMP)  ## MSaaS against the demucs command line: time, peak RSS, model-only share (BENCH_SECONDS="30 120 600")
 	$(PY) bench/speed.py $(or $(BENCH_SECONDS),30 120 600)
