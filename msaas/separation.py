@@ -555,16 +555,18 @@ def separate_file(
     progress: Progress = lambda stage, fraction: None,
     info: dict | None = None,
     encoder_threads: int = 0,
+    song: SongStream | None = None,
 ) -> dict[str, Path]:
     """Separate one song file into stem files in `out_dir`; every stem has the input's rate and length.
     `info`, when given, receives the song's `samples` and `rate`, the seconds spent in the model's forward passes
     (`forward_s`, when the separator counts them) and the CPU seconds the encoders took (`encode_cpu_s`).
-    `encoder_threads`: the ENCODER_THREADS setting (0: `encoding_threads` picks).
+    `encoder_threads`: the ENCODER_THREADS setting (0: `encoding_threads` picks). `song`: `source` already read as a
+    SongStream (its first pass done), for a Demucs separator.
 
     Stems are encoded as the separator emits them: no stem of the whole song is ever held in memory."""
     progress("decoding", 0.0)
     if isinstance(separator, DemucsSeparator):  # read block by block
-        song = SongStream(source, separator.samplerate, max_duration_s)
+        song = song or SongStream(source, separator.samplerate, max_duration_s)
         length, rate = song.samples, song.rate
         run = lambda emit: separator.stream_song(song, emit, lambda f: progress("separating", f))  # noqa: E731
     else:

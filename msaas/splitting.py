@@ -37,9 +37,8 @@ def parts_for(seconds: float, split_over_s: float, max_parts: int, workers: int)
     return max(1, min(max_parts, workers, math.floor(seconds / (split_over_s / 2))))
 
 
-def make_plan(separator: DemucsSeparator, source: Path, parts: int, max_duration_s: float | None = None) -> dict:
+def make_plan(separator: DemucsSeparator, song: SongStream, parts: int) -> dict:
     """What every part's worker and the stitch need: the chunk runs, the song's lengths and its normalization."""
-    song = SongStream(source, separator.samplerate, max_duration_s)
     return {
         "parts": [[run.start, run.stop] for run in separator.chunk_plan(song.length).split(parts)],
         "length": song.length,  # at the model's rate

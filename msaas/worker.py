@@ -19,7 +19,16 @@ from .callbacks import CallbackSender
 from .config import Settings
 from .jobs import Job, JobQueue
 from .metrics import WorkerMetrics
-from .separation import ModelUnavailable, Separator, StemSink, cpu_budget, load_separator, separate_file, torch_threads
+from .separation import (
+    ModelUnavailable,
+    Separator,
+    SongStream,
+    StemSink,
+    cpu_budget,
+    load_separator,
+    separate_file,
+    torch_threads,
+)
 
 log = logging.getLogger("msaas.worker")
 
@@ -242,17 +251,19 @@ class Worker:
         sep = self.separator(job.model)
         source = self._download(job, tmp, progress)
         workers = self.jobs.live_workers() if splitting.can_split(sep) and self.settings.split_over_s > 0 else 1
-        if workers > 1:  # only then is the song's length worth a decoding pass of its own
-            seconds = audio.probe(source, self.settings.max_duration_s).duration_s
+        song = None
+        if workers > 1:  # only then is the song's length needed before separating: read once, for the split or not
+            progress("decoding", 0.0)
+            song = SongStream(source, sep.samplerate, self.settings.max_duration_s)
+            seconds = song.samples / song.rate
             parts = splitting.parts_for(seconds, self.settings.split_over_s, self.settings.split_max_parts, workers)
             if parts > 1:
-                progress("decoding", 0.0)
-                plan = splitting.make_plan(sep, source, parts, self.settings.max_duration_s)
+                plan = splitting.make_plan(sep, song, parts)
                 self.jobs.split(self.name, job, plan)
                 log.info("job %s: %.0f s of song, split into %d parts for the workers", job.songhash, seconds, parts)
                 return None
         fmt, bitrate, two_stems = output_options(job)
-        song: dict = {}
+        done: dict = {}
         stems = separate_file(
             sep,
             source,
@@ -262,18 +273,19 @@ class Worker:
             two_stems=two_stems,
             max_duration_s=self.settings.max_duration_s,
             progress=progress,
-            info=song,
+            info=done,
             encoder_threads=self.settings.encoder_threads,
+            song=song,
         )
-        self.metrics.audio.inc(song["samples"] / song["rate"])
-        self.metrics.forward.inc(song["forward_s"])
+        self.metrics.audio.inc(done["samples"] / done["rate"])
+        self.metrics.forward.inc(done["forward_s"])
         tracks = self._upload(job, stems, progress)
         log.info(
             "job %s: %.1f s of song; forward passes %.1f s, encoding %.1f s of CPU beside them",
             job.songhash,
-            song["samples"] / song["rate"],
-            song["forward_s"],
-            song["encode_cpu_s"],
+            done["samples"] / done["rate"],
+            done["forward_s"],
+            done["encode_cpu_s"],
         )
         return tracks
 

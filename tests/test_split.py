@@ -38,7 +38,7 @@ def error_db(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("parts", [2, 3, 5])
 def test_parts_stitched_equal_the_whole_song(tiny, tmp_path, parts):
     song = make_song(tmp_path / "song.mp3", seconds=31.7, seed=3)
-    plan = make_plan(tiny, song, parts)
+    plan = make_plan(tiny, SongStream(song, tiny.samplerate), parts)
     assert len(plan["parts"]) == parts
     files = []
     for k in range(parts):
@@ -62,7 +62,7 @@ def test_stitched_stems_are_the_unsplit_files(tiny, tmp_path):
     (tmp_path / "whole").mkdir()
     (tmp_path / "split").mkdir()
     whole = separate_file(tiny, song, tmp_path / "whole", fmt="flac")
-    plan = make_plan(tiny, song, 2)
+    plan = make_plan(tiny, SongStream(song, tiny.samplerate), 2)
     for k in range(2):
         separate_part(tiny, song, plan, k, tmp_path / f"p{k}", lambda f: None)
     sink = StemSink(tiny, tmp_path / "split", plan["samples"], plan["rate"], "flac", 320, None)
@@ -78,7 +78,7 @@ def test_stitched_stems_are_the_unsplit_files(tiny, tmp_path):
 
 def test_a_cut_short_part_is_refused(tiny, tmp_path):
     song = make_song(tmp_path / "song.mp3", seconds=20, seed=1)
-    plan = make_plan(tiny, song, 2)
+    plan = make_plan(tiny, SongStream(song, tiny.samplerate), 2)
     for k in range(2):
         separate_part(tiny, song, plan, k, tmp_path / f"p{k}", lambda f: None)
     data = (tmp_path / "p1").read_bytes()
