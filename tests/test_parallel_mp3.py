@@ -40,7 +40,7 @@ def parallel(path, wave: np.ndarray, rate: int, threads: int) -> parallel_mp3.Pa
 @pytest.mark.parametrize("rate,channels", [(44100, 2), (22050, 2), (48000, 1)])
 def test_segments_join_into_one_gapless_stem_as_good_as_one_encoder(tmp_path, monkeypatch, rate, channels):
     wave = music(20.0 + 123 / rate, rate, channels)
-    encode(audio.StemWriter(tmp_path / "lame.mp3", rate, "mp3", 320, channels), wave)
+    encode(audio.stem_writer(tmp_path / "lame.mp3", rate, "mp3", 320, channels), wave)
     parallel(tmp_path / "continuous.mp3", wave, rate, 1)  # one segment: LAME without its bit reservoir
     monkeypatch.setattr(parallel_mp3, "SEGMENT_FRAMES", 50)  # a cut every 1.2-2.6 s: a dozen cuts in 20 s
     writer = parallel(tmp_path / "many.mp3", wave, rate, 4)
