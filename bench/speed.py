@@ -3,9 +3,11 @@
 
 - anchor: `python -m demucs.separate --repo REPO -n htdemucs --mp3` (a fresh process per song, as users run it)
 - MSaaS: rest + a warm worker (real processes, the bundled redis-server, local store); upload -> every stem stored
-- model only: the forward passes alone, the lower bound for both
+- model only: the forward passes alone, the lower bound for both (in this process, before and after MSaaS's run)
 - on the device the worker picks (DEMUCS_DEVICE, default auto: CUDA when present), as the CLI does (its -d defaults to CUDA)
-- in job: the worker's own account of the same job (its forward passes, and the CPU its encoders took beside them)
+- in job: the worker's own account of the same job (its forward passes, the rest of its time: the song's first read, the
+  encoders' drain after the last forward pass; and the CPU its encoders took beside the forward passes); overhead is
+  everything but the forward passes, as a share of MSaaS's time
 The model is htdemucs' full-size architecture with random weights (compute does not depend on the weights).
 Usage: python bench/speed.py [--no-cli] [SECONDS ...]   (default 30 120 600; --no-cli: MSaaS and the model alone)
 """
@@ -76,12 +78,20 @@ def model_only(repo: Path, path: Path) -> float:
     return separator.forward_s
 
 
-def in_job(stack: Stack, songhash: str) -> tuple[float, float]:
-    """The worker's own account of a job: seconds in forward passes, CPU seconds of encoding beside them."""
+ACCOUNT = re.compile(
+    r"in ([\d.]+) s: download ([\d.]+) s, read ([\d.]+) s, separation ([\d.]+) s \(forward passes ([\d.]+) s\), "
+    r"encoders' drain ([\d.]+) s, upload ([\d.]+) s; encoding ([\d.]+) s of CPU"
+)
+FIELDS = ("job", "download", "read", "separation", "forward", "drain", "upload", "encoding")
+
+
+def in_job(stack: Stack, songhash: str) -> tuple[dict[str, float], str]:
+    """The worker's own account of a job (seconds: the job, its download, first read of the song, separation, of which
+    forward passes, the encoders' drain, upload; CPU seconds of encoding beside them) and its log line."""
     for line in stack.log_lines(songhash):
-        if m := re.search(r"forward passes ([\d.]+) s, encoding ([\d.]+) s of CPU", line):
-            return float(m[1]), float(m[2])
-    return float("nan"), float("nan")
+        if m := ACCOUNT.search(line):
+            return dict(zip(FIELDS, map(float, m.groups()), strict=True)), line
+    return dict.fromkeys(FIELDS, float("nan")), ""
 
 
 def main(lengths: list[int], with_cli: bool = True) -> None:
@@ -92,33 +102,38 @@ def main(lengths: list[int], with_cli: bool = True) -> None:
         worker = stack.workers[0]
         for seconds in lengths:
             path = song(seconds)
+            before = model_only(repo, path)  # before and after: this machine's speed drifts, the pair shows by how much
             Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # reset the worker's peak RSS
             msaas_s, songhash = stack.separate(path)
             msaas_mb = vm_hwm_mb(worker.pid)
-            forward_s = model_only(repo, path)
-            job = in_job(stack, songhash)
+            after = model_only(repo, path)
+            job, line = in_job(stack, songhash)
             print(
                 f"{seconds} s song: MSaaS {msaas_s:.1f} s ({seconds / msaas_s:.1f}x real time), peak RSS {msaas_mb:.0f} MB; "
-                f"model only {forward_s:.1f} s; in job: forward passes {job[0]:.1f} s, encoding {job[1]:.1f} s of CPU",
+                f"model only {before:.1f} s before, {after:.1f} s after\n  the worker: {line}",
                 flush=True,
             )
             if not with_cli:
                 continue
             cli_s, cli_mb = cli(repo, path, Path(work) / f"cli-{seconds}")
-            rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s, *job))
+            rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, before, after, job))
             print_rows(rows)
 
 
 def print_rows(rows) -> None:
     print(
-        f"{'song':>6} | {'demucs CLI':>10} {'MSaaS':>8} {'ratio':>6} {'x real time':>11} | {'CLI RSS':>8} {'MSaaS RSS':>9} {'ratio':>6} "
-        f"| {'model only':>10} {'share':>6} | {'in job: forward':>15} {'share':>6} {'encoding CPU':>12}"
+        "| song | demucs CLI | MSaaS | time ratio | real time | CLI peak RSS | MSaaS peak RSS | RSS ratio "
+        "| model only (before / after) | share | in job: forward passes | share | overhead | read | drain | encoding CPU |"
     )
-    for seconds, cli_s, msaas_s, cli_mb, msaas_mb, forward_s, job_forward_s, encode_s in rows:
+    print("|---" * 16 + "|")
+    for seconds, cli_s, msaas_s, cli_mb, msaas_mb, before, after, job in rows:
+        model = (before + after) / 2
+        share = job["forward"] / msaas_s
         print(
-            f"{seconds:>5}s | {cli_s:>9.1f}s {msaas_s:>7.1f}s {msaas_s / cli_s:>6.2f} {seconds / msaas_s:>10.1f}x | {cli_mb:>6.0f}MB {msaas_mb:>7.0f}MB "
-            f"{msaas_mb / cli_mb:>6.2f} | {forward_s:>9.1f}s {forward_s / msaas_s:>6.0%} "
-            f"| {job_forward_s:>14.1f}s {job_forward_s / msaas_s:>6.0%} {encode_s:>11.1f}s",
+            f"| {seconds} s | {cli_s:.1f} s | {msaas_s:.1f} s | {msaas_s / cli_s:.2f} | {seconds / msaas_s:.1f}x "
+            f"| {cli_mb:,.0f} MB | {msaas_mb:,.0f} MB | {msaas_mb / cli_mb:.2f} "
+            f"| {before:.1f} / {after:.1f} s | {model / msaas_s:.0%} | {job['forward']:.1f} s | {share:.1%} | {1 - share:.1%} "
+            f"| {job['read']:.1f} s | {job['drain']:.1f} s | {job['encoding']:.1f} s |",
             flush=True,
         )
 

@@ -80,14 +80,14 @@ class Stack:
         return self
 
     def separate(self, path: Path) -> tuple[float, str]:
-        """Seconds from the upload request to every stem stored; the song's hash."""
-        started = time.monotonic()
+        """Seconds from the upload request to every stem stored (the job's `finished` time, which the worker sets once
+        the last stem is stored: the client's polling adds nothing); the song's hash."""
+        started = time.time()
         songhash = self.client.submit(path)["hash"]
         status = self.client.wait(songhash, timeout_s=7200)
-        elapsed = time.monotonic() - started
         if status["state"] != "done":
             raise RuntimeError(f"the job failed: {status}")
-        return elapsed, songhash
+        return status["finished"] - started, songhash
 
     def log_lines(self, songhash: str) -> list[str]:
         return [line for line in reversed(self.redis.lrange(keys.LOGGING, 0, -1)) if songhash in line]

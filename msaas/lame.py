@@ -61,6 +61,8 @@ def library() -> ctypes.CDLL | None:
             lib.lame_encode_flush.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
             lib.lame_init.restype = ctypes.c_void_p
             lib.get_lame_very_short_version.restype = ctypes.c_char_p
+            if hasattr(lib, "UpdateMusicCRC"):  # LAME's own, outside its API: exported by lameenc's build, not by every one
+                lib.UpdateMusicCRC.argtypes = [ctypes.POINTER(ctypes.c_uint16), ctypes.c_char_p, ctypes.c_int]
         except (OSError, AttributeError):  # not there, or a build that does not export LAME's API
             continue
         return lib
@@ -167,7 +169,8 @@ class Mp3File:
     """An MP3 file written as LAME's output comes, then given its Info/LAME tag by `close(frames, samples)`.
 
     The first frame's room is reserved for the tag; `close` writes it there with the frame count, the byte count, a seek
-    table, LAME's encoder delay and the end padding that makes the file decode to exactly `samples` samples."""
+    table, LAME's encoder delay and the end padding that makes the file decode to exactly `samples` samples, and the
+    CRCs LAME puts in its tag (of the audio, and of the tag itself)."""
 
     def __init__(self, path: Path, encoder: Encoder):
         """For the frames of `encoder` or of encoders with its settings."""
@@ -178,6 +181,8 @@ class Mp3File:
         self.file = open(path, "wb")  # noqa: SIM115 (closed by close)
         self.file.write(bytes(self.tag_length))
         self.frames = self.bytes = 0
+        self.update_crc = getattr(library(), "UpdateMusicCRC", None)
+        self.music_crc = ctypes.c_uint16(0)  # of every byte after the tag frame; left 0 where LAME does not export it
 
     def _header(self) -> bytes:
         version = next(v for v, rates in _RATES.items() if self.rate in rates)
@@ -195,6 +200,8 @@ class Mp3File:
     def write(self, data: bytes) -> None:
         self.file.write(data)
         self.bytes += len(data)
+        if self.update_crc and data:
+            self.update_crc(ctypes.byref(self.music_crc), data, len(data))
 
     def close(self, frames: int, samples: int) -> None:
         """Writes the tag for `frames` frames (the tag's own not counted) that hold `samples` samples after the delay."""
@@ -228,7 +235,7 @@ class Mp3File:
                 bytes([min(255, self.bitrate)]),
                 (self.delay << 12 | padding).to_bytes(3, "big"),
                 bytes(1 + 1 + 2),  # misc, MP3 gain, preset/surround: not given
-                struct.pack(">IH", total, 0),  # music length (the whole file); music CRC not computed
+                struct.pack(">IH", total, self.music_crc.value),  # music length (the whole file), music CRC
             ]
         )
         tag += struct.pack(">H", _crc16(tag[:190]))

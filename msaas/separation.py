@@ -558,13 +558,16 @@ def separate_file(
     song: SongStream | None = None,
 ) -> dict[str, Path]:
     """Separate one song file into stem files in `out_dir`; every stem has the input's rate and length.
-    `info`, when given, receives the song's `samples` and `rate`, the seconds spent in the model's forward passes
-    (`forward_s`, when the separator counts them) and the CPU seconds the encoders took (`encode_cpu_s`).
+    `info`, when given, receives the song's `samples` and `rate`, the seconds spent reading it (`read_s`: the first pass,
+    or the whole decode for a separator that takes it whole), separating it (`separate_s`), of which in the model's
+    forward passes (`forward_s`, when the separator counts them), then waiting for the encoders to finish (`drain_s`),
+    and the CPU seconds the encoders took (`encode_cpu_s`).
     `encoder_threads`: the ENCODER_THREADS setting (0: `encoding_threads` picks). `song`: `source` already read as a
     SongStream (its first pass done), for a Demucs separator.
 
     Stems are encoded as the separator emits them: no stem of the whole song is ever held in memory."""
     progress("decoding", 0.0)
+    started = time.perf_counter()
     if isinstance(separator, DemucsSeparator):  # read block by block
         song = song or SongStream(source, separator.samplerate, max_duration_s)
         length, rate = song.samples, song.rate
@@ -572,16 +575,24 @@ def separate_file(
     else:
         mix, length, rate = load_song(separator, source, max_duration_s)
         run = lambda emit: separator.stream(mix, emit, lambda f: progress("separating", f))  # noqa: E731
-    if info is not None:
-        info.update(samples=length, rate=rate)
+    read = time.perf_counter()
     sink = StemSink(separator, out_dir, length, rate, fmt, bitrate, two_stems, encoder_threads)
     forward_s = getattr(separator, "forward_s", 0.0)
     try:
         run(sink.put)
         sink.finish()
     finally:
+        separated = time.perf_counter()
         progress("encoding", 0.5)
         sink.close()
     if info is not None:
-        info.update(forward_s=getattr(separator, "forward_s", 0.0) - forward_s, encode_cpu_s=sink.encoders.cpu_s)
+        info.update(
+            samples=length,
+            rate=rate,
+            read_s=read - started,
+            separate_s=separated - read,
+            drain_s=time.perf_counter() - separated,
+            forward_s=getattr(separator, "forward_s", 0.0) - forward_s,
+            encode_cpu_s=sink.encoders.cpu_s,
+        )
     return sink.paths

@@ -249,7 +249,9 @@ class Worker:
 
     def _separate(self, job: Job, tmp: Path, progress) -> list[str] | None:
         sep = self.separator(job.model)
+        started = time.perf_counter()
         source = self._download(job, tmp, progress)
+        downloaded = time.perf_counter()
         workers = self.jobs.live_workers() if splitting.can_split(sep) and self.settings.split_over_s > 0 else 1
         song = None
         if workers > 1:  # only then is the song's length needed before separating: read once, for the split or not
@@ -279,12 +281,20 @@ class Worker:
         )
         self.metrics.audio.inc(done["samples"] / done["rate"])
         self.metrics.forward.inc(done["forward_s"])
+        uploading = time.perf_counter()
         tracks = self._upload(job, stems, progress)
         log.info(
-            "job %s: %.1f s of song; forward passes %.1f s, encoding %.1f s of CPU beside them",
+            "job %s: %.1f s of song in %.1f s: download %.1f s, read %.1f s, separation %.1f s (forward passes %.1f s), "
+            "encoders' drain %.1f s, upload %.1f s; encoding %.1f s of CPU beside them",
             job.songhash,
             done["samples"] / done["rate"],
+            time.perf_counter() - started,
+            downloaded - started,
+            done["read_s"],
+            done["separate_s"],
             done["forward_s"],
+            done["drain_s"],
+            time.perf_counter() - uploading,
             done["encode_cpu_s"],
         )
         return tracks

@@ -1,5 +1,7 @@
 """LAME called directly: the same audio as FFmpeg's libmp3lame gives, in files that decode to exactly what went in."""
 
+import struct
+
 import av
 import numpy as np
 import pytest
@@ -54,13 +56,17 @@ def test_short_stems_are_exact_too(tmp_path, samples):
     assert decoded.shape == wave.shape
 
 
-def test_the_tag_is_one_that_ffmpeg_trusts_and_checks_lengths_by(tmp_path):
-    wave = music(6.0, 44100)
-    write(lame.Mp3Writer(tmp_path / "s.mp3", 44100, 320), wave)
+@pytest.mark.parametrize("rate,channels", [(44100, 2), (22050, 1)])
+def test_the_tag_is_one_that_ffmpeg_trusts_and_checks_lengths_by(tmp_path, rate, channels):
+    wave = music(2.0, rate, channels)
+    write(lame.Mp3Writer(tmp_path / "s.mp3", rate, 128, channels), wave)
     with av.open(str(tmp_path / "s.mp3")) as container:
         assert container.streams.audio[0].metadata["encoder"].startswith("LAME")  # set only when the tag's CRC is right
     assert audio.probe(tmp_path / "s.mp3").samples == wave.shape[1]
     data = (tmp_path / "s.mp3").read_bytes()
+    tag = lame.split_frames(data)[0]
+    length, music_crc = struct.unpack(">IH", tag[tag.index(b"Info") + 148 : tag.index(b"Info") + 154])
+    assert length == len(data) and music_crc == lame._crc16(data[len(tag) :])  # as LAME's own tag has them
     (tmp_path / "cut.mp3").write_bytes(data[: len(data) // 2])
     with pytest.raises(audio.Truncated):  # the frame count in the tag tells a cut-short file
         audio.probe(tmp_path / "cut.mp3")
