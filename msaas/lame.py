@@ -65,6 +65,9 @@ def library() -> ctypes.CDLL | None:
                 lib.UpdateMusicCRC.argtypes = [ctypes.POINTER(ctypes.c_uint16), ctypes.c_char_p, ctypes.c_int]
         except (OSError, AttributeError):  # not there, or a build that does not export LAME's API
             continue
+        gfp = lib.lame_init()  # LAME fills its global tables once, here, not in several encoders' threads at once
+        lib.lame_init_params(gfp)
+        lib.lame_close(gfp)
         return lib
     return None
 
