@@ -17,6 +17,7 @@ FORMATS = {  # output format -> (container, codec, sample format, file extension
     "flac": ("flac", "flac", "s16", "flac", "audio/flac"),
 }
 BITRATES = (96, 128, 160, 192, 224, 256, 320)
+MP3_RATES = lame.RATES  # an MP3 stem keeps its song's sample rate, which must be one of these
 DEFAULT_BITRATE = 320
 
 

@@ -30,6 +30,7 @@ _BITRATES = {  # kbps by header index: MPEG-1 layer III, MPEG-2/2.5 layer III
     2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
 }
 _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # by MPEG version bits
+RATES = tuple(sorted(rate for rates in _RATES.values() for rate in rates))  # what an MP3 can be (LAME would resample others)
 
 
 _GETTERS = "close init_params get_encoder_delay get_frameNum get_framesize get_brate get_out_samplerate".split()

@@ -217,6 +217,15 @@ def test_a_truncated_mp3_is_refused_with_422_and_nothing_left(live_app, tmp_path
     assert leftovers(live_app) == before
 
 
+def test_a_song_at_a_rate_no_mp3_has_is_refused_for_mp3_stems_and_taken_for_wav(live_app, tmp_path):
+    hires = b64(make_song(tmp_path / "hires.flac", seconds=1, rate=96000, fmt="flac"))
+    before = leftovers(live_app)
+    r = post_json(live_app, {"mp3": hires})
+    assert r.status_code == 422 and "96000 Hz" in r.json()["error"] and "wav or flac" in r.json()["error"]
+    assert leftovers(live_app) == before
+    assert post_json(live_app, {"mp3": hires, "format": "wav"}).json()["reason"] == "Song enqueued for separation"
+
+
 def test_all_stems_download_as_one_zip(live_app, song, tmp_path):
     import io
     import zipfile

@@ -145,6 +145,12 @@ def separate():
             raise ApiError(415, f"not a song MSaaS can read: {exc}") from None
         except audio.TooLong as exc:
             raise ApiError(413, str(exc)) from None
+        if options.get("format", "mp3") == "mp3" and info.sample_rate not in audio.MP3_RATES:
+            raise ApiError(
+                422,
+                f"the song is at {info.sample_rate} Hz and its stems would be too, but an MP3 is at 8 to 48 kHz "
+                f"({', '.join(map(str, audio.MP3_RATES))} Hz): ask for format wav or flac",
+            )
         b.ensure_store()
         name = storage.upload_name(songhash)
         b.store.put_file(storage.QUEUE_BUCKET, name, Path(tmp.name), "audio/mpeg")
