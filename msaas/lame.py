@@ -1,14 +1,15 @@
 """LAME, the MP3 encoder, called directly (ctypes) and written into gapless MP3 files.
 
-Why not FFmpeg's libmp3lame (PyAV)? It is the same LAME, but the build inside PyAV's wheel runs about three times slower
-than the one inside `lameenc` (a dependency of demucs) on identical input and settings, giving the same frames. Encoding is
-most of a job that is not the model, so the worker calls the faster build itself: `lameenc` exports LAME's whole C API, and
-`lameenc`'s own Python API has neither float input, nor a reservoir switch, nor gapless headers. A system `libmp3lame`
-serves too; with neither, `available()` is false and `audio.StemWriter` encodes through PyAV as before.
+Why not FFmpeg's libmp3lame (PyAV)? It is the same LAME with the same settings, but the build inside PyAV's wheel takes
+about 2.5 times the CPU of the one inside `lameenc` (a dependency of demucs) on the same input, for the same frames (but
+for the last bits of a rare transient: lameenc's is a later revision). Encoding is most of what a job does beside the
+model, so the worker calls the faster build itself: `lameenc` exports LAME's whole C API, while its Python API has no float
+input, no reservoir switch and no gapless header. A system `libmp3lame` serves too; with neither, `available()` is false
+and `audio.stem_writer` encodes through PyAV as before.
 
-Files are written as the `lame` command line writes them: an Info/LAME tag frame first (frame count, byte count, seek
-table, encoder delay and end padding), then LAME's frames; decoders that read the tag (FFmpeg, browsers, players) trim
-the delay and padding, so a stem decodes to exactly the samples it was given.
+Files are laid out as the `lame` command line lays them out: an Info/LAME tag frame first (frame count, byte count, seek
+table, encoder delay, end padding, CRCs), written here, then LAME's frames; decoders that read the tag (FFmpeg, browsers,
+players) trim the delay and padding, so a stem decodes to exactly the samples it was given.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import numpy as np
 
 QUALITY = 5  # LAME's -q (0 slowest .. 9 fastest); LAME's default (3) costs 40% more for no audible gain at these bitrates
 JOINT_STEREO, MONO = 1, 3  # LAME's MPEG_mode values
-DECODER_DELAY = 528 + 1  # samples an MP3 decoder adds in front, beside the encoder's delay (LAME's tag convention)
 _BITRATES = {  # kbps by header index: MPEG-1 layer III, MPEG-2/2.5 layer III
     1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
     2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
@@ -191,15 +191,18 @@ class Mp3File:
     def _header(self) -> bytes:
         version = next(v for v, rates in _RATES.items() if self.rate in rates)
         table = _BITRATES[1 if version == 3 else 2]
-        bitrate_index = table.index(self.bitrate)
-        return bytes(
-            [
-                0xFF,
-                0xE0 | version << 3 | 1 << 1 | 1,  # layer III, no CRC
-                bitrate_index << 4 | _RATES[version].index(self.rate) << 2,
-                (3 if self.channels == 1 else 1) << 6,  # mono, or joint stereo
-            ]
-        )
+        for bitrate_index in range(table.index(self.bitrate), len(table)):  # the stream's bitrate, unless its frames are
+            header = bytes(  # too small for the tag (below 40 kbps or so): then the first bitrate whose frame holds it
+                [
+                    0xFF,
+                    0xE0 | version << 3 | 1 << 1 | 1,  # layer III, no CRC
+                    bitrate_index << 4 | _RATES[version].index(self.rate) << 2,
+                    (3 if self.channels == 1 else 1) << 6,  # mono, or joint stereo
+                ]
+            )
+            if frame_length(header) >= 4 + 32 + 156:
+                break
+        return header
 
     def write(self, data: bytes) -> None:
         self.file.write(data)

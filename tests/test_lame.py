@@ -72,6 +72,13 @@ def test_the_tag_is_one_that_ffmpeg_trusts_and_checks_lengths_by(tmp_path, rate,
         audio.probe(tmp_path / "cut.mp3")
 
 
+@pytest.mark.parametrize("rate,bitrate", [(8000, 8), (44100, 32)])
+def test_bitrates_whose_frames_cannot_hold_the_tag_get_a_larger_first_frame(tmp_path, rate, bitrate):
+    wave = music(2.0, rate, 1)
+    write(lame.Mp3Writer(tmp_path / "low.mp3", rate, bitrate, 1), wave)
+    assert audio.decode(tmp_path / "low.mp3")[0].shape[1] == wave.shape[1]
+
+
 def test_frames_split_at_their_headers_and_garbage_is_refused():
     encoder = lame.Encoder(44100, 2, 320, reservoir=False)
     data = encoder.encode(music(2.0, 44100)) + encoder.flush()
