@@ -184,7 +184,7 @@ class Mp3File:
         self.tag_length = frame_length(self.header)
         self.file = open(path, "wb")  # noqa: SIM115 (closed by close)
         self.file.write(bytes(self.tag_length))
-        self.frames = self.bytes = 0
+        self.bytes = 0
         self.update_crc = getattr(library(), "UpdateMusicCRC", None)
         self.music_crc = ctypes.c_uint16(0)  # of every byte after the tag frame; left 0 where LAME does not export it
 
@@ -212,17 +212,16 @@ class Mp3File:
 
     def close(self, frames: int, samples: int) -> None:
         """Writes the tag for `frames` frames (the tag's own not counted) that hold `samples` samples after the delay."""
-        self.frames = frames
         try:
             self.file.seek(0)
-            self.file.write(self._tag(samples))
+            self.file.write(self._tag(frames, samples))
         finally:
             self.file.close()
 
-    def _tag(self, samples: int) -> bytes:
-        padding = self.frames * self.frame_samples - self.delay - samples
+    def _tag(self, frames: int, samples: int) -> bytes:
+        padding = frames * self.frame_samples - self.delay - samples
         if not 0 <= padding < 4096 or self.delay >= 4096:
-            raise ValueError(f"{self.frames} frames cannot hold {samples} samples after a delay of {self.delay}")
+            raise ValueError(f"{frames} frames cannot hold {samples} samples after a delay of {self.delay}")
         mpeg1 = self.header[1] >> 3 & 3 == 3
         side_info = (32 if self.channels == 2 else 17) if mpeg1 else (17 if self.channels == 2 else 9)
         total = self.tag_length + self.bytes
@@ -233,7 +232,7 @@ class Mp3File:
                 self.header,
                 bytes(side_info),
                 b"Info",
-                struct.pack(">IIi", 0x0F, self.frames, total),  # frames, bytes, TOC and quality present
+                struct.pack(">IIi", 0x0F, frames, total),  # frames, bytes, TOC and quality present
                 toc,
                 struct.pack(">I", 100 - 10 * QUALITY),  # LAME's quality indicator for CBR: 100 - 10 * q
                 version,
@@ -245,7 +244,7 @@ class Mp3File:
                 struct.pack(">IH", total, self.music_crc.value),  # music length (the whole file), music CRC
             ]
         )
-        tag += struct.pack(">H", _crc16(tag[:190]))
+        tag += struct.pack(">H", _crc16(tag))  # of everything before it (190 bytes in a stereo MPEG-1 frame)
         return tag + bytes(self.tag_length - len(tag))
 
 

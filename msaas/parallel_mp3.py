@@ -25,11 +25,6 @@ SEGMENT_FRAMES = 574  # frames per segment: about 15 s at 44.1 kHz
 ROLL_FRAMES = 4  # frames of audio on each side of a segment that its encoder sees and whose frames are dropped
 
 
-def frame_samples(rate: int) -> int:
-    """Samples per MP3 frame: 1152 for MPEG-1 rates (32 kHz and up), 576 for MPEG-2/2.5's lower rates."""
-    return 1152 if rate >= 32000 else 576
-
-
 def _encode(spec: tuple[int, int, int], data: np.ndarray, keep: slice) -> tuple[bytes, int, float]:
     """One segment's frames (those in `keep`, by index), how many, and the CPU seconds they took."""
     started = time.thread_time()

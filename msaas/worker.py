@@ -253,10 +253,11 @@ class Worker:
         source = self._download(job, tmp, progress)
         downloaded = time.perf_counter()
         workers = self.jobs.live_workers() if splitting.can_split(sep) and self.settings.split_over_s > 0 else 1
-        song = None
+        song, read_s = None, 0.0
         if workers > 1:  # only then is the song's length needed before separating: read once, for the split or not
             progress("decoding", 0.0)
             song = SongStream(source, sep.samplerate, self.settings.max_duration_s)
+            read_s = time.perf_counter() - downloaded
             seconds = song.samples / song.rate
             parts = splitting.parts_for(seconds, self.settings.split_over_s, self.settings.split_max_parts, workers)
             if parts > 1:
@@ -290,7 +291,7 @@ class Worker:
             done["samples"] / done["rate"],
             time.perf_counter() - started,
             downloaded - started,
-            done["read_s"],
+            read_s + done["read_s"],  # the first pass, here or in separate_file
             done["separate_s"],
             done["forward_s"],
             done["drain_s"],

@@ -1,6 +1,8 @@
 """A real Worker (tiny Demucs model) against redis-server, a store and a callback receiver over HTTP."""
 
 import json
+import logging
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,6 +88,21 @@ def test_a_job_ends_done_with_every_stem_stored_and_a_callback(worker, song):
     assert body == {"hash": h, "state": "done", "tracks": status["tracks"], "data": {"mine": 1}}
     assert headers["webhook-id"].startswith("msg_")
     receiver.close()
+
+
+def test_each_job_logs_where_its_time_went(worker, song, caplog):
+    caplog.set_level(logging.INFO, logger="msaas.worker")
+    h = enqueue(worker, song)
+    run_one(worker)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(f"job {h}: 4.0 s of song in "))
+    account = re.search(
+        r"in ([\d.]+) s: download ([\d.]+) s, read ([\d.]+) s, separation ([\d.]+) s \(forward passes ([\d.]+) s\), "
+        r"encoders' drain ([\d.]+) s, upload ([\d.]+) s; encoding ([\d.]+) s of CPU beside them",
+        line,
+    )
+    total, download, read, separation, forward, drain, upload, encoding = map(float, account.groups())
+    assert 0 < forward <= separation and download + read + separation + drain + upload <= total + 0.3
+    assert encoding > 0
 
 
 def test_callbacks_are_signed_when_a_secret_is_set(worker, song):
