@@ -131,6 +131,26 @@ def tiny_repo(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models"))
 
 
+def music(seconds: float, rate: int, channels: int = 2, seed: int = 3) -> np.ndarray:
+    """Tones that come and go, a drum-like noise burst every 0.4 s: long and short blocks, onsets near the cuts."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 331 * t) * np.sin(2 * np.pi * 0.7 * t) ** 2
+    burst = 0.3 * rng.standard_normal(len(t)) * np.exp(-60 * (t % 0.4))
+    return np.stack([tone + burst, tone - 0.5 * burst])[:channels].astype(np.float32)
+
+
+def write_blocks(writer, wave: np.ndarray, block: int = 100_003) -> None:
+    """`wave` through a stem writer in blocks that straddle MP3 frames (and parallel_mp3's segments), then closed."""
+    for at in range(0, wave.shape[1], block):
+        writer.write(wave[:, at : at + block])
+    writer.close()
+
+
+def snr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
+    return float(10 * np.log10((reference**2).sum() / ((decoded - reference) ** 2).sum()))
+
+
 def make_song(path: Path, seconds: float = 4.0, rate: int = 44100, channels: int = 2, seed: int = 0, fmt: str = "mp3") -> Path:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate

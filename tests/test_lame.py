@@ -7,26 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import music, snr_db, write_blocks
 from msaas import audio, lame
 from msaas.separation import StemEncoders
-
-
-def music(seconds: float, rate: int, channels: int = 2, seed: int = 5) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 331 * t) * np.sin(2 * np.pi * 0.7 * t) ** 2
-    burst = 0.3 * rng.standard_normal(len(t)) * np.exp(-60 * (t % 0.4))
-    return np.stack([tone + burst, tone - 0.5 * burst])[:channels].astype(np.float32)
-
-
-def snr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
-    return float(10 * np.log10((reference**2).sum() / ((decoded - reference) ** 2).sum()))
-
-
-def write(writer, wave: np.ndarray, block: int = 77_777) -> None:
-    for at in range(0, wave.shape[1], block):  # blocks that end inside frames
-        writer.write(wave[:, at : at + block])
-    writer.close()
 
 
 def test_lame_is_found_where_demucs_is_installed():
@@ -36,8 +19,8 @@ def test_lame_is_found_where_demucs_is_installed():
 @pytest.mark.parametrize("rate,channels,bitrate", [(44100, 2, 320), (22050, 1, 128), (48000, 2, 192), (32000, 1, 96)])
 def test_stems_hold_the_audio_ffmpegs_lame_gives_to_the_exact_sample(tmp_path, rate, channels, bitrate):
     wave = music(3.0 + 457 / rate, rate, channels)
-    write(lame.Mp3Writer(tmp_path / "direct.mp3", rate, bitrate, channels), wave)
-    write(audio.StemWriter(tmp_path / "pyav.mp3", rate, "mp3", bitrate, channels), wave)
+    write_blocks(lame.Mp3Writer(tmp_path / "direct.mp3", rate, bitrate, channels), wave)
+    write_blocks(audio.StemWriter(tmp_path / "pyav.mp3", rate, "mp3", bitrate, channels), wave)
     direct, decoded_rate = audio.decode(tmp_path / "direct.mp3")
     pyav, _ = audio.decode(tmp_path / "pyav.mp3")
     assert decoded_rate == rate and direct.shape[1] == wave.shape[1]  # the tag trims LAME's delay and padding exactly
@@ -51,7 +34,7 @@ def test_stems_hold_the_audio_ffmpegs_lame_gives_to_the_exact_sample(tmp_path, r
 @pytest.mark.parametrize("samples", [1, 10, 575, 576, 1151, 1152, 1153, 3000])
 def test_short_stems_are_exact_too(tmp_path, samples):
     wave = music(1.0, 44100)[:, :samples]
-    write(lame.Mp3Writer(tmp_path / "s.mp3", 44100, 320), wave)
+    write_blocks(lame.Mp3Writer(tmp_path / "s.mp3", 44100, 320), wave)
     decoded, _ = audio.decode(tmp_path / "s.mp3")
     assert decoded.shape == wave.shape
 
@@ -59,7 +42,7 @@ def test_short_stems_are_exact_too(tmp_path, samples):
 @pytest.mark.parametrize("rate,channels", [(44100, 2), (22050, 1)])
 def test_the_tag_is_one_that_ffmpeg_trusts_and_checks_lengths_by(tmp_path, rate, channels):
     wave = music(2.0, rate, channels)
-    write(lame.Mp3Writer(tmp_path / "s.mp3", rate, 128, channels), wave)
+    write_blocks(lame.Mp3Writer(tmp_path / "s.mp3", rate, 128, channels), wave)
     with av.open(str(tmp_path / "s.mp3")) as container:
         assert container.streams.audio[0].metadata["encoder"].startswith("LAME")  # set only when the tag's CRC is right
     assert audio.probe(tmp_path / "s.mp3").samples == wave.shape[1]
@@ -75,7 +58,7 @@ def test_the_tag_is_one_that_ffmpeg_trusts_and_checks_lengths_by(tmp_path, rate,
 @pytest.mark.parametrize("rate,bitrate", [(8000, 8), (44100, 32)])
 def test_bitrates_whose_frames_cannot_hold_the_tag_get_a_larger_first_frame(tmp_path, rate, bitrate):
     wave = music(2.0, rate, 1)
-    write(lame.Mp3Writer(tmp_path / "low.mp3", rate, bitrate, 1), wave)
+    write_blocks(lame.Mp3Writer(tmp_path / "low.mp3", rate, bitrate, 1), wave)
     assert audio.decode(tmp_path / "low.mp3")[0].shape[1] == wave.shape[1]
 
 

@@ -6,41 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, make_song
+from conftest import TINY, make_song, music, snr_db, write_blocks
 from msaas import audio, parallel_mp3
 from msaas.separation import StemEncoders, cpu_budget, encoding_threads, load_separator, separate_file, torch_threads
-
-
-def music(seconds: float, rate: int, channels: int = 2) -> np.ndarray:
-    """Tones that come and go, a drum-like noise burst every 0.4 s: long and short blocks, onsets near the cuts."""
-    rng = np.random.default_rng(3)
-    t = np.arange(int(seconds * rate)) / rate
-    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 331 * t) * np.sin(2 * np.pi * 0.7 * t) ** 2
-    burst = 0.3 * rng.standard_normal(len(t)) * np.exp(-60 * (t % 0.4))
-    return np.stack([tone + burst, tone - 0.5 * burst])[:channels].astype(np.float32)
-
-
-def encode(writer, wave: np.ndarray) -> None:
-    for at in range(0, wave.shape[1], 100_003):  # blocks that straddle frames and segments
-        writer.write(wave[:, at : at + 100_003])
-    writer.close()
-
-
-def snr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
-    return float(10 * np.log10((reference**2).sum() / ((decoded - reference) ** 2).sum()))
 
 
 def parallel(path, wave: np.ndarray, rate: int, threads: int) -> parallel_mp3.ParallelMp3Writer:
     with ThreadPoolExecutor(threads) as pool:
         writer = parallel_mp3.ParallelMp3Writer(path, rate, 320, pool, threads, wave.shape[0])
-        encode(writer, wave)
+        write_blocks(writer, wave)
     return writer
 
 
 @pytest.mark.parametrize("rate,channels", [(44100, 2), (22050, 2), (48000, 1)])
 def test_segments_join_into_one_gapless_stem_as_good_as_one_encoder(tmp_path, monkeypatch, rate, channels):
     wave = music(20.0 + 123 / rate, rate, channels)
-    encode(audio.stem_writer(tmp_path / "lame.mp3", rate, "mp3", 320, channels), wave)
+    write_blocks(audio.stem_writer(tmp_path / "lame.mp3", rate, "mp3", 320, channels), wave)
     parallel(tmp_path / "continuous.mp3", wave, rate, 1)  # one segment: LAME without its bit reservoir
     monkeypatch.setattr(parallel_mp3, "SEGMENT_FRAMES", 50)  # a cut every 1.2-2.6 s: a dozen cuts in 20 s
     writer = parallel(tmp_path / "many.mp3", wave, rate, 4)
