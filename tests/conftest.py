@@ -148,7 +148,8 @@ def write_blocks(writer, wave: np.ndarray, block: int = 100_003) -> None:
 
 
 def snr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
-    return float(10 * np.log10((reference**2).sum() / ((decoded - reference) ** 2).sum()))
+    noise = ((decoded - reference) ** 2).sum()
+    return float(10 * np.log10((reference**2).sum() / noise)) if noise else float("inf")
 
 
 def make_song(path: Path, seconds: float = 4.0, rate: int = 44100, channels: int = 2, seed: int = 0, fmt: str = "mp3") -> Path:

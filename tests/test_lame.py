@@ -26,8 +26,8 @@ def test_stems_hold_the_audio_ffmpegs_lame_gives_to_the_exact_sample(tmp_path, r
     assert decoded_rate == rate and direct.shape[1] == wave.shape[1]  # the tag trims LAME's delay and padding exactly
     direct, pyav, wave = direct[:channels], pyav[:channels], np.clip(wave, -1, 1)
     # Same LAME, same settings, same input scale: the same frames, but for rare last bits where lameenc's LAME (a later
-    # revision) quantizes a transient differently; far below the coding noise, and just as close to the source.
-    assert snr_db(pyav, direct) > 80
+    # revision) quantizes a transient differently: 40 dB and more below the coding noise, and just as close to the source.
+    assert snr_db(pyav, direct) > snr_db(wave, direct) + 40
     assert snr_db(wave, direct) == pytest.approx(snr_db(wave, pyav), abs=0.05) and snr_db(wave, direct) > 15
 
 
