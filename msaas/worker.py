@@ -284,18 +284,19 @@ class Worker:
         self.metrics.forward.inc(done["forward_s"])
         uploading = time.perf_counter()
         tracks = self._upload(job, stems, progress)
+        finished = time.perf_counter()
         log.info(
             "job %s: %.1f s of song in %.1f s: download %.1f s, read %.1f s, separation %.1f s (forward passes %.1f s), "
             "encoders' drain %.1f s, upload %.1f s; encoding %.1f s of CPU beside them",
             job.songhash,
             done["samples"] / done["rate"],
-            time.perf_counter() - started,
+            finished - started,
             downloaded - started,
             read_s + done["read_s"],  # the first pass, here or in separate_file
             done["separate_s"],
             done["forward_s"],
             done["drain_s"],
-            time.perf_counter() - uploading,
+            finished - uploading,
             done["encode_cpu_s"],
         )
         return tracks
