@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlparse
+
+from .outbox import Outcome
 
 log = logging.getLogger(__name__)
 
 MAX_URL = 2048
 MAX_DATA_BYTES = 16 * 1024
-RETRY_DELAYS_S = (1, 5, 30, 120, 600)
 
 
 class BadCallback(ValueError):
@@ -59,41 +58,36 @@ def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
 
 
 class CallbackSender:
-    """Posts callbacks from a background thread so a slow receiver never holds up a worker."""
+    """Posts one delivery of the outbox: signed when a secret is set, SSRF-safe, with a timeout."""
 
-    def __init__(self, secret: str | None, allow_private: bool, timeout_s: float, delays=RETRY_DELAYS_S):
+    def __init__(self, secret: str | None, allow_private: bool, timeout_s: float):
         self.secret = secret
         self.manager = _session(allow_private, timeout_s)
-        self.delays = delays
 
-    def send(self, callback: dict, payload: dict) -> threading.Thread:
-        thread = threading.Thread(target=self._deliver, args=(callback, payload), daemon=True, name="callback")
-        thread.start()
-        return thread
+    def post(self, entry: dict) -> Outcome:
+        headers = {"content-type": "application/json", "webhook-id": entry["id"]}
+        if self.secret:
+            stamp = int(time.time())
+            headers["webhook-timestamp"] = str(stamp)
+            headers["webhook-signature"] = sign(self.secret, entry["id"], stamp, entry["body"])
+        try:
+            response = self.manager.send_request("POST", entry["url"], data=entry["body"], headers=headers)
+        except Exception as exc:  # any failure is the receiver's (or a refused address): log it, let the outbox decide
+            problem = f"{exc.__class__.__name__}: {exc}"
+            outcome = Outcome.REFUSED if _forbidden(exc) else Outcome.RETRY
+        else:
+            if response.status_code < 300:
+                log.info("callback for %s delivered to %s", entry.get("hash"), entry["url"])
+                return Outcome.DELIVERED
+            problem = f"HTTP {response.status_code}"
+            permanent = 400 <= response.status_code < 500 and response.status_code not in (408, 429)
+            outcome = Outcome.REFUSED if permanent else Outcome.RETRY
+        log.warning("callback for %s to %s failed (try %d): %s", entry.get("hash"), entry["url"], entry["attempt"] + 1, problem)
+        return outcome
 
-    def _deliver(self, callback: dict, payload: dict) -> bool:
-        body = json.dumps({**payload, "data": callback.get("data")})
-        msg_id = f"msg_{uuid.uuid4().hex}"  # one id for every retry: the receiver's idempotency key
-        for attempt, delay in enumerate((0, *self.delays)):
-            time.sleep(delay)
-            headers = {"content-type": "application/json", "webhook-id": msg_id}
-            if self.secret:
-                stamp = int(time.time())
-                headers["webhook-timestamp"] = str(stamp)
-                headers["webhook-signature"] = sign(self.secret, msg_id, stamp, body)
-            try:
-                response = self.manager.send_request("POST", callback["url"], data=body, headers=headers)
-            except Exception as exc:  # any failure is the receiver's: log it and retry
-                problem = f"{exc.__class__.__name__}: {exc}"
-            else:
-                if response.status_code < 300:
-                    log.info("callback for %s delivered to %s", payload.get("hash"), callback["url"])
-                    return True
-                problem = f"HTTP {response.status_code}"
-                if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                    break
-            log.warning(
-                "callback for %s to %s failed (attempt %d): %s", payload.get("hash"), callback["url"], attempt + 1, problem
-            )
-        log.warning("callback for %s to %s given up", payload.get("hash"), callback["url"])
-        return False
+
+def _forbidden(exc: Exception) -> bool:
+    """requests-hardened refusing a private, loopback or metadata address: no later try will be allowed either."""
+    from requests_hardened.ip_filter import InvalidIPAddress
+
+    return isinstance(exc, InvalidIPAddress)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import socket
 from collections.abc import Mapping
@@ -43,6 +45,21 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None
 
 
+def _callback_secret(value: str | None) -> str | None:
+    """A Standard Webhooks secret: `whsec_` and base64 of at least 16 bytes; anything else stops the component at start."""
+    if not value:
+        return None
+    try:
+        key = base64.b64decode(value.strip().removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) < 16:
+        raise ConfigError(
+            "CALLBACK_SECRET must be whsec_ followed by base64 of at least 16 bytes, e.g. whsec_$(openssl rand -base64 24)"
+        )
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://localhost:6379/0"
@@ -73,6 +90,12 @@ class Settings:
     torch_home: Path | None = None  # torch.hub's cache root (TORCH_HOME), where downloaded Demucs weights are found
     split_over_s: float = 240.0  # songs longer than this are split across the live workers; 0: never split
     split_max_parts: int = 8  # at most this many parts per song (each part is at least split_over_s / 2 long)
+    retention_s: float = 7 * 86400.0  # a song's stems and record are removed this long after its job ended; 0: kept
+    job_stall_s: float = 900.0  # a job whose progress has not moved this long is given back; 0: never
+    max_sample_rate: int = 192_000  # songs above this rate are refused
+    max_stems_bytes: int = 2048 * 1024 * 1024  # songs whose stems would take more than this are refused
+    max_uploads: int = 4  # uploads one rest process takes at once; more get 503 with Retry-After
+    redis_maxmemory: str = "256mb"  # the embedded redis-server's memory bound (`msaas up`; manifests set their own)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -97,7 +120,7 @@ class Settings:
             port=_port(env.get("PORT") or "5000", "PORT"),
             max_upload_bytes=int(_number(env, "MAX_UPLOAD_MB", 100) * 1024 * 1024),
             max_duration_s=_number(env, "MAX_DURATION_S", cls.max_duration_s),
-            callback_secret=env.get("CALLBACK_SECRET") or None,
+            callback_secret=_callback_secret(env.get("CALLBACK_SECRET")),
             callback_allow_private=_flag(env.get("CALLBACK_ALLOW_PRIVATE")),
             callback_timeout_s=_number(env, "CALLBACK_TIMEOUT_S", cls.callback_timeout_s),
             job_max_attempts=int(_number(env, "JOB_MAX_ATTEMPTS", cls.job_max_attempts)),
@@ -114,6 +137,12 @@ class Settings:
             torch_home=Path(env["TORCH_HOME"]) if env.get("TORCH_HOME") else None,
             split_over_s=_number(env, "SPLIT_OVER_S", cls.split_over_s),
             split_max_parts=max(1, int(_number(env, "SPLIT_MAX_PARTS", cls.split_max_parts))),
+            retention_s=max(0.0, _number(env, "RETENTION_S", cls.retention_s)),
+            job_stall_s=max(0.0, _number(env, "JOB_STALL_S", cls.job_stall_s)),
+            max_sample_rate=int(_number(env, "MAX_SAMPLE_RATE", cls.max_sample_rate)),
+            max_stems_bytes=int(_number(env, "MAX_STEMS_MB", 2048) * 1024 * 1024),
+            max_uploads=max(1, int(_number(env, "MAX_UPLOADS", cls.max_uploads))),
+            redis_maxmemory=env.get("REDIS_MAXMEMORY") or cls.redis_maxmemory,
         )
 
     def with_(self, **changes) -> Settings:
@@ -141,6 +170,12 @@ class Settings:
             "METRICS_PORT": str(self.metrics_port),
             "SPLIT_OVER_S": repr(self.split_over_s),
             "SPLIT_MAX_PARTS": str(self.split_max_parts),
+            "RETENTION_S": repr(self.retention_s),
+            "JOB_STALL_S": repr(self.job_stall_s),
+            "MAX_SAMPLE_RATE": str(self.max_sample_rate),
+            "MAX_STEMS_MB": repr(self.max_stems_bytes / (1024 * 1024)),
+            "MAX_UPLOADS": str(self.max_uploads),
+            "REDIS_MAXMEMORY": self.redis_maxmemory,
         }
         if self.torch_home:
             env["TORCH_HOME"] = str(self.torch_home)

@@ -20,6 +20,7 @@ from .config import Settings
 
 log = logging.getLogger("msaas.up")
 COMPONENTS = ("logs", "rest", "worker")
+RESTARTS_PER_MINUTE = 5
 MODEL_HOSTS = (("huggingface.co", 443), ("dl.fbaipublicfiles.com", 443))
 
 
@@ -58,16 +59,34 @@ class Stack:
         self.children: dict[str, subprocess.Popen] = {}
         self.redis: subprocess.Popen | None = None
         self.stopping = threading.Event()
+        self.env: dict[str, str] = {}
+        self.restarts: list[float] = []
 
     def start(self) -> None:
         port = urlparse(self.settings.redis_url).port or 6379
         log.info("starting redis-server on port %d (data in %s)", port, self.root / "redis")
-        self.redis = redisproc.start(port, self.root / "redis")
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        env.pop("MINIO_HOST", None)
+        self.redis = redisproc.start(port, self.root / "redis", maxmemory=self.settings.redis_maxmemory)
+        self.env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("MINIO_HOST", None)
         for name in COMPONENTS:
-            # Own process groups: Ctrl-C reaches only `up`, which then stops the children in order.
-            self.children[name] = subprocess.Popen([sys.executable, "-m", "msaas.cli", name], env=env, start_new_session=True)
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        # Own process groups: Ctrl-C reaches only `up`, which then stops the children in order.
+        self.children[name] = subprocess.Popen([sys.executable, "-m", "msaas.cli", name], env=self.env, start_new_session=True)
+
+    def revive_worker(self) -> None:
+        """A worker that exits (its watchdog found its job stalled, or it crashed) starts again, as its pod would; five
+        exits within a minute leave it down, and `failed` then stops the stack."""
+        proc = self.children.get("worker")
+        if proc is None or proc.poll() is None or self.stopping.is_set():
+            return
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < 60]
+        if len(self.restarts) < RESTARTS_PER_MINUTE:
+            log.warning("the worker exited with status %d; starting it again", proc.returncode)
+            self.restarts.append(now)
+            self._spawn("worker")
 
     def wait_ready(self, timeout_s: float = 60) -> bool:
         url = f"http://127.0.0.1:{self.settings.port}/readyz"
@@ -131,6 +150,7 @@ def up(settings: Settings, root: Path, try_files: list[Path], out_dir: Path) -> 
         for song in try_files:
             _try(settings, song, out_dir)
         while not stack.stopping.wait(0.5):
+            stack.revive_worker()
             if problem := stack.failed():
                 log.error("stopping: %s", problem)
                 return 1

@@ -4,21 +4,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import re
 import time
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 import redis
 
 from . import keys
+from .outbox import Outbox
+
+log = logging.getLogger("msaas.jobs")
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class BadMessage(ValueError):
+    """A queue message MSaaS cannot read: it is dead-lettered, never run."""
+
 
 # Enqueue only when the song is new or its last run failed: the same song with the same choices is one job.
+# LPUSH comes first: a script's first write is where a full redis (maxmemory) refuses it, and DEL would not be refused.
 _SUBMIT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'failed' then return state end
+redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('LPUSH', KEYS[2], ARGV[1])
 return false
 """
 
@@ -126,17 +146,35 @@ class Job:
 
     @classmethod
     def from_message(cls, raw: str) -> Job:
-        body = json.loads(raw)
-        part, stitch = body.pop("part", None), bool(body.pop("stitch", False))
-        options = {k: v for k, v in body.items() if k not in ("songhash", "model", "callback")}
-        return cls(body["songhash"], body["model"], body.get("callback"), options, raw, part, stitch)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise BadMessage("not JSON") from None
+        if not isinstance(body, dict):
+            raise BadMessage("not a JSON object")
+        songhash, model, callback = body.pop("songhash", None), body.pop("model", None), body.pop("callback", None)
+        part, stitch = body.pop("part", None), body.pop("stitch", False)
+        if not isinstance(songhash, str) or not _SONGHASH.match(songhash):
+            raise BadMessage("no songhash")
+        if not isinstance(model, str) or not model:
+            raise BadMessage("no model")
+        if callback is not None and not (isinstance(callback, dict) and isinstance(callback.get("url"), str)):
+            raise BadMessage("a callback without a url")
+        if part is not None and (type(part) is not int or part < 0):
+            raise BadMessage("a part that is not a number")
+        return cls(songhash, model, callback, body, raw, part, bool(stitch))
+
+
+_SONGHASH = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
 
 
 class JobQueue:
-    def __init__(self, client: redis.Redis, max_attempts: int = 3, heartbeat_ttl_s: int = 30):
+    def __init__(self, client: redis.Redis, max_attempts: int = 3, heartbeat_ttl_s: int = 30, retention_s: float = 0.0):
         self.r = client
         self.max_attempts = max_attempts
         self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.retention_s = retention_s
+        self.outbox = Outbox(client)
         self._submit = client.register_script(_SUBMIT)
         self._forget_track = client.register_script(_FORGET_TRACK)
         self._part_progress = client.register_script(_PART_PROGRESS)
@@ -192,21 +230,40 @@ class JobQueue:
 
     # --- worker side -----------------------------------------------------------------------
     def claim(self, worker: str, timeout_s: float = 5.0) -> Job | None:
-        """Move the oldest job into this worker's processing list and mark it running."""
+        """Move the oldest job into this worker's processing list and mark it running.
+
+        None when the queue stays empty, and also when what was taken cannot run: a message that does not parse
+        (dead-lettered) or a job already taken `max_attempts` times (failed)."""
         self.heartbeat(worker)
         raw = self.r.blmove(keys.QUEUE, keys.processing_key(worker), timeout_s, "RIGHT", "LEFT")
         if raw is None:
             return None
-        job = Job.from_message(raw)
+        try:
+            job = Job.from_message(raw)
+        except BadMessage as exc:
+            self.dead_letter(worker, raw, str(exc))
+            return None
         now = time.time()
         fields: dict[str, Any] = {"worker": worker, "updated": now}
         if job.whole:  # a part's song is already running (or has failed: the worker then drops the part)
-            fields.update(state="running", stage="starting", started=now)
+            fields.update(state=JobState.RUNNING, stage="starting", started=now)
         pipe = self.r.pipeline()
         pipe.hset(keys.job_key(job.songhash), mapping=fields)
         pipe.hincrby(keys.job_key(job.songhash), job.attempts_field, 1)
-        pipe.execute()
+        attempts = pipe.execute()[1]
+        if attempts > self.max_attempts:  # given back by a path that did not count (an older worker, a race)
+            self.fail(worker, job, self._stopped_error(job, attempts - 1), retry=False)
+            return None
         return job
+
+    def dead_letter(self, worker: str, raw: str, why: str) -> None:
+        """A message no worker can run: out of the processing list, into `dead`, never retried."""
+        log.error("a queue message that cannot be read (%s) was dead-lettered: %.200s", why, raw)
+        pipe = self.r.pipeline()
+        pipe.lpush(keys.DEAD, raw)
+        pipe.ltrim(keys.DEAD, 0, keys.DEAD_MAX - 1)
+        pipe.lrem(keys.processing_key(worker), 1, raw)
+        pipe.execute()
 
     def progress(self, job: Job, stage: str, progress: float | None = None) -> None:
         if job.part is not None:
@@ -221,12 +278,13 @@ class JobQueue:
         self.r.hset(keys.job_key(job.songhash), mapping=fields)
 
     def finish(self, worker: str, job: Job, tracks: list[str]) -> None:
+        """The job is done: its record, its message out of the processing list and its callback due, in one transaction."""
         now = time.time()
         pipe = self.r.pipeline()
         pipe.hset(
             keys.job_key(job.songhash),
             mapping={
-                "state": "done",
+                "state": JobState.DONE,
                 "stage": "done",
                 "progress": 1,
                 "tracks": json.dumps(tracks),
@@ -236,9 +294,19 @@ class JobQueue:
         )
         pipe.hdel(keys.job_key(job.songhash), "error")
         pipe.lrem(keys.processing_key(worker), 1, job.raw)
-        pipe.hincrby(keys.STATS, "done", 1)
+        pipe.lrem(keys.QUEUE, 0, job.raw)  # a copy given back meanwhile (its worker was thought dead) need not run again
+        pipe.hincrby(keys.STATS, JobState.DONE, 1)
         pipe.delete(keys.parts_key(job.songhash))
+        self._ended(pipe, job, now)
+        if job.callback:
+            self.outbox.add(pipe, job.callback, {"hash": job.songhash, "state": JobState.DONE, "tracks": tracks})
         pipe.execute()
+
+    def _ended(self, pipe: redis.client.Pipeline, job: Job, now: float) -> None:
+        """A song's record lives RETENTION_S past its end; its stems are then swept from the store (retention.py)."""
+        if self.retention_s > 0:
+            pipe.expire(keys.job_key(job.songhash), math.ceil(self.retention_s))
+            pipe.zadd(keys.EXPIRING, {job.songhash: now + self.retention_s})
 
     # --- a long song across workers --------------------------------------------------------
     def split(self, worker: str, job: Job, plan: dict) -> None:
@@ -269,29 +337,78 @@ class JobQueue:
         """Let go of a message whose job has ended (a part of a song that failed)."""
         self.r.lrem(keys.processing_key(worker), 1, job.raw)
 
-    def fail(self, worker: str, job: Job, error: str, retry: bool, charge: bool = True) -> bool:
+    def fail(self, worker: str, job: Job, error: str | None, retry: bool, charge: bool = True, front: bool = False) -> bool:
         """Put the job back (when `retry` and attempts remain) or end it as failed; True when requeued.
 
-        `charge=False` (an outage, not the job's fault) gives the attempt back and always requeues."""
-        key = keys.job_key(job.songhash)
-        attempts = int(self.r.hget(key, job.attempts_field) or 0)
-        again = retry and (attempts < self.max_attempts or not charge)
-        now = time.time()
-        pipe = self.r.pipeline()
-        if not charge:
-            pipe.hincrby(key, job.attempts_field, -1)
-        if again:
-            state = {"state": "queued", "stage": "queued"} if job.whole else {}  # a part waits; its song still runs
-            pipe.hset(key, mapping={**state, "error": error, "updated": now})
-            (pipe.lpush if job.whole else pipe.rpush)(keys.QUEUE, job.raw)  # a part goes to the front: its song is under way
-        else:
-            pipe.hset(key, mapping={"state": "failed", "stage": "failed", "error": error, "finished": now, "updated": now})
-            pipe.lpush(keys.DEAD, job.raw)
-            pipe.hincrby(keys.STATS, "failed", 1)
-            pipe.delete(keys.parts_key(job.songhash))
-        pipe.lrem(keys.processing_key(worker), 1, job.raw)
-        pipe.execute()
-        return again
+        `charge=False` (an outage, a clean stop: not the job's fault) gives the attempt back and always requeues.
+        `front` puts it where it is taken next (a job given back); parts always go there, their song is under way."""
+        return self._end_attempt(worker, job, error, retry, charge, front)
+
+    def give_back(self, worker: str, job: Job, refund: bool, why: str = "the worker stopped") -> bool:
+        """Put a job `worker` holds back at the front of the queue; True when requeued.
+
+        `refund`: the attempt was not the song's doing (a clean stop, an outage). Otherwise the worker stopped while
+        running it (it died, was killed or stalled): the attempt counts, and after `max_attempts` the job fails."""
+        if refund:
+            return self._end_attempt(worker, job, None, retry=True, charge=False, front=True)
+        return self._end_attempt(worker, job, f"{why} while separating this song", retry=True, front=True, stopped=why)
+
+    def _end_attempt(
+        self, worker: str, job: Job, error: str | None, retry: bool, charge=True, front=False, stopped: str | None = None
+    ) -> bool:
+        """One transaction, and only while `worker` still holds the message: a second give-back of the same message (two
+        threads, two workers) finds it gone and changes nothing."""
+        key, held = keys.job_key(job.songhash), keys.processing_key(worker)
+
+        def attempt(pipe: redis.client.Pipeline) -> bool:
+            if pipe.lpos(held, job.raw) is None:
+                return False
+            attempts, state, stops = pipe.hmget(key, job.attempts_field, "state", "stops")
+            attempts, stops = int(attempts or 0), int(stops or 0) + bool(stopped)
+            again = retry and (attempts < self.max_attempts or not charge)
+            message = error
+            if stopped and not again:
+                message = self._stopped_error(job, stops, stopped)
+            now = time.time()
+            pipe.multi()
+            if stopped:
+                pipe.hincrby(key, "stops", 1)
+            if not charge and attempts > 0:
+                pipe.hincrby(key, job.attempts_field, -1)
+            if again:
+                fields: dict[str, Any] = {"updated": now}
+                if job.whole:  # a part waits; its song still runs
+                    fields.update(state=JobState.QUEUED, stage="queued")
+                if message:
+                    fields["error"] = message
+                pipe.hset(key, mapping=fields)
+                (pipe.rpush if front or not job.whole else pipe.lpush)(keys.QUEUE, job.raw)
+            elif job.whole or state != JobState.FAILED:  # the song's first end (another part may have failed it already)
+                message = message or "the job failed"
+                pipe.hset(
+                    key,
+                    mapping={"state": JobState.FAILED, "stage": "failed", "error": message, "finished": now, "updated": now},
+                )
+                pipe.lpush(keys.DEAD, job.raw)
+                pipe.ltrim(keys.DEAD, 0, keys.DEAD_MAX - 1)
+                pipe.hincrby(keys.STATS, JobState.FAILED, 1)
+                pipe.delete(keys.parts_key(job.songhash))
+                self._ended(pipe, job, now)
+                if job.callback:
+                    payload = {"hash": job.songhash, "state": JobState.FAILED, "tracks": [], "error": message}
+                    self.outbox.add(pipe, job.callback, payload)
+            pipe.lrem(held, 1, job.raw)
+            return again
+
+        return self.r.transaction(attempt, held, value_from_callable=True)
+
+    def _stopped_error(self, job: Job, stops: int, why: str = "the worker stopped") -> str:
+        what = "this song" if job.whole else ("the stitch of this song" if job.stitch else f"part {job.part} of this song")
+        times = "once" if stops == 1 else f"{stops} times"
+        return (
+            f"{why} {times} while separating {what} (killed, out of memory, evicted or stalled) "
+            f"and it has had its {self.max_attempts} attempts; it is not tried again"
+        )
 
     def heartbeat(self, worker: str) -> None:
         pipe = self.r.pipeline()
@@ -300,32 +417,45 @@ class JobQueue:
         pipe.execute()
 
     def retire(self, worker: str) -> int:
-        """A worker leaving cleanly puts back whatever it still holds."""
-        moved = self._requeue_from(worker)
+        """A worker leaving cleanly puts back whatever it still holds, attempts refunded."""
+        moved = len(self.recover(worker, refund=True))
         pipe = self.r.pipeline()
         pipe.delete(keys.heartbeat_key(worker), keys.models_key(worker))
         pipe.srem(keys.WORKERS, worker)
         pipe.execute()
         return moved
 
-    def requeue_orphans(self) -> int:
-        """Give the jobs of workers whose heartbeat expired back to the queue, at its front."""
-        moved = 0
-        for worker in self.r.smembers(keys.WORKERS):
-            if self.r.exists(keys.heartbeat_key(worker)):
+    def recover(self, worker: str, refund: bool = False, why: str = "the worker stopped") -> list[tuple[Job, bool]]:
+        """Give back every job in `worker`'s own processing list (a worker between jobs should hold none); returns each
+        job and whether it was requeued (else it has failed: its attempts were spent)."""
+        given: list[tuple[Job, bool]] = []
+        while (raw := self.r.lindex(keys.processing_key(worker), -1)) is not None:
+            try:
+                job = Job.from_message(raw)
+            except BadMessage as exc:
+                self.dead_letter(worker, raw, str(exc))
                 continue
-            moved += self._requeue_from(worker)
-            self.r.srem(keys.WORKERS, worker)
-        return moved
+            given.append((job, self.give_back(worker, job, refund, why)))
+        return given
 
-    def _requeue_from(self, worker: str) -> int:
-        moved = 0
-        while (raw := self.r.lmove(keys.processing_key(worker), keys.QUEUE, "RIGHT", "RIGHT")) is not None:
-            job = Job.from_message(raw)
-            if job.whole:  # a part or stitch put back leaves its song running
-                self.r.hset(keys.job_key(job.songhash), mapping={"state": "queued", "stage": "queued", "updated": time.time()})
-            moved += 1
-        return moved
+    def requeue_orphans(self, taker: str) -> list[tuple[Job, bool]]:
+        """Give back the jobs of workers whose heartbeat expired: each moves into `taker`'s processing list first (one
+        worker gets each, and it is not lost if `taker` dies too), then back to the queue's front, or failed when its
+        attempts are spent. Returns each job and whether it was requeued."""
+        given: list[tuple[Job, bool]] = []
+        for worker in self.r.smembers(keys.WORKERS):
+            if worker == taker or self.r.exists(keys.heartbeat_key(worker)):
+                continue
+            while (raw := self.r.lmove(keys.processing_key(worker), keys.processing_key(taker), "RIGHT", "LEFT")) is not None:
+                try:
+                    job = Job.from_message(raw)
+                except BadMessage as exc:
+                    self.dead_letter(taker, raw, str(exc))
+                    continue
+                log.warning("worker %s stopped holding job %s; %s takes it back", worker, job.songhash, taker)
+                given.append((job, self.give_back(taker, job, refund=False)))
+            self.r.srem(keys.WORKERS, worker)
+        return given
 
     # --- models as the workers see them ----------------------------------------------------
     def live_workers(self) -> int:
@@ -349,9 +479,23 @@ class JobQueue:
 
 def songhash(model: str, options: dict, data: bytes) -> str:
     """SHA-224 of the model name, the other choices and the song's bytes: the same request is the same job."""
+    digest = _choices_digest(model, options)
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def songhash_of_file(model: str, options: dict, path, block: int = 1 << 20) -> str:
+    """`songhash` of a song on disk, read block by block."""
+    digest = _choices_digest(model, options)
+    with open(path, "rb") as song:
+        while chunk := song.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _choices_digest(model: str, options: dict):
     digest = hashlib.sha224(model.encode())
     for name in sorted(options):
         digest.update(f"\0{name}={options[name]}".encode())
     digest.update(b"\0")
-    digest.update(data)
-    return digest.hexdigest()
+    return digest

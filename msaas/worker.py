@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -17,8 +18,9 @@ import redis
 from . import audio, models, splitting, storage
 from .callbacks import CallbackSender
 from .config import Settings
-from .jobs import Job, JobQueue
+from .jobs import Job, JobQueue, JobState
 from .metrics import WorkerMetrics
+from .retention import Retention
 from .separation import (
     ModelUnavailable,
     Separator,
@@ -42,6 +44,15 @@ STAGES = {
     "uploading": (0.98, 1.0),
 }
 RETRY_LOAD_AFTER_S = 300
+RECORD_RETRY_MAX_S = 5.0  # while redis is away, a job's end is recorded again at least this often
+STORE_RETRY_S = (2.0, 4.0, 8.0)  # waits between tries to store a job's results
+EXIT_STALLED = 3  # the worker's exit status when its watchdog found its job stalled
+
+
+class ResultsNotStored(RuntimeError):
+    """The object store would not take a job's results after several tries."""
+
+
 MODELS_KEPT = 2  # the default model and the last other one used: each holds hundreds of MB
 
 
@@ -55,13 +66,18 @@ class Worker:
     def __init__(self, settings: Settings, client: redis.Redis, store: storage.ObjectStore, name: str | None = None):
         self.settings = settings
         self.store = store
-        self.jobs = JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s)
+        self.jobs = JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s, settings.retention_s)
         self.name = name or f"{settings.hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.callbacks = CallbackSender(settings.callback_secret, settings.callback_allow_private, settings.callback_timeout_s)
+        self.retention = Retention(client, store, settings.retention_s)
+        self.store_retry_s = STORE_RETRY_S
+        self.giving_back = threading.Lock()  # the loop and the heartbeat thread both give back jobs; one at a time
         self.separators: dict[str, Separator] = {}
         self.load_errors: dict[str, tuple[float, str]] = {}
         self.stopping = threading.Event()
         self.outage_backoff_s = 0.0
+        self.current: Job | None = None  # the job being processed, and when its progress last moved (the watchdog's)
+        self.moved_at = time.monotonic()
         self.metrics = WorkerMetrics()
         self.published: dict[str, dict] = {}
 
@@ -89,6 +105,7 @@ class Worker:
             log.info("unloading model %s", unused)
             del self.separators[unused]
         self.separators[name] = sep
+        self.moved_at = time.monotonic()  # a first load (a download) is not the job stalling
         self.publish_models()
         return sep
 
@@ -110,9 +127,61 @@ class Worker:
             try:
                 self.jobs.heartbeat(self.name)
                 self.jobs.publish_models(self.name, self.published)  # refreshed, so it expires only with the worker
-                self.jobs.requeue_orphans()
+                self._requeue_orphans()
+                self._watchdog()
+                self.retention.sweep()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    def _watchdog(self) -> None:
+        """The heartbeat says the process lives; this says its job moves. A job whose progress has not moved for
+        JOB_STALL_S is given back (the attempt counts) and the process exits, to be restarted (by Kubernetes, or
+        `msaas up`): a thread stuck in native code cannot be stopped any other way."""
+        job, still_s = self.current, time.monotonic() - self.moved_at
+        if job is None or not self.settings.job_stall_s or still_s < self.settings.job_stall_s:
+            return
+        log.error("job %s: no progress for %.0f s; giving it back and restarting this worker", job.songhash, still_s)
+        with self.giving_back:
+            requeued = self.jobs.give_back(self.name, job, refund=False, why=f"no progress for {still_s:.0f} s")
+        self._given_back([(job, requeued)])
+        self.jobs.retire(self.name)
+        logging.shutdown()
+        os._exit(EXIT_STALLED)
+
+    def _requeue_orphans(self) -> None:
+        with self.giving_back:
+            given = self.jobs.requeue_orphans(self.name)
+        self._given_back(given)
+
+    def _given_back(self, given: list[tuple[Job, bool]]) -> None:
+        for job, requeued in given:
+            self.metrics.jobs.labels("requeued" if requeued else "failed").inc()
+            if not requeued:
+                log.error("job %s failed: its attempts are spent", job.songhash)
+                self._song_ended(job)
+
+    def deliver_callbacks(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        """Send the callbacks that are due, whichever worker's jobs they are for, until `stop` is set."""
+        while not stop.is_set():
+            try:
+                if self.jobs.outbox.deliver_due(self.callbacks.post):
+                    continue
+            except redis.RedisError as exc:
+                log.warning("callbacks wait for redis: %s", exc)
+                stop.wait(5)
+            stop.wait(poll_s)
+
+    def start_callbacks(self) -> Callable[[], None]:
+        """Deliver callbacks in a thread; returns what stops it (after the delivery under way, if any)."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self.deliver_callbacks, args=(stop,), daemon=True, name="callbacks")
+        thread.start()
+
+        def stopped() -> None:
+            stop.set()
+            thread.join(2 * self.settings.callback_timeout_s + 1)
+
+        return stopped
 
     def stop(self, *_args) -> None:
         """SIGTERM: take no new job; let the current one finish within the grace period, else put it back."""
@@ -135,6 +204,7 @@ class Worker:
         self._wait_for_backends()
         self.jobs.heartbeat(self.name)
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
+        stop_callbacks = self.start_callbacks()
         if self.settings.metrics_port:
             try:
                 self.metrics.serve(self.settings.metrics_port)
@@ -151,7 +221,8 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 try:
-                    self.jobs.requeue_orphans()
+                    self._recover_stranded()
+                    self._requeue_orphans()
                     job = self.jobs.claim(self.name, timeout_s=2)
                     backoff = 1.0
                 except redis.RedisError as exc:
@@ -163,12 +234,23 @@ class Worker:
                     self.process(job)
         finally:
             self.stopping.set()
+            stop_callbacks()  # a delivery cut off falls due again, for another worker, when its lease ends
             try:
-                moved = self.jobs.retire(self.name)
+                with self.giving_back:
+                    moved = self.jobs.retire(self.name)
                 if moved:
                     log.info("put %d unfinished job(s) back in the queue", moved)
             except redis.RedisError as exc:
                 log.warning("could not retire cleanly (%s); another worker will requeue my jobs", exc)
+
+    def _recover_stranded(self) -> None:
+        """Between jobs this worker holds none: whatever is in its processing list is a job whose end could not be recorded
+        (redis went away at that moment), given back now that redis answers."""
+        with self.giving_back:
+            given = self.jobs.recover(self.name, why="its worker lost redis")
+        if given:
+            log.warning("gave back %d job(s) whose end could not be recorded", len(given))
+            self._given_back(given)
 
     def _wait_for_backends(self) -> None:
         delay = 1.0
@@ -188,22 +270,35 @@ class Worker:
 
     # --- one job ---------------------------------------------------------------------------
     def process(self, job: Job) -> None:
+        self.current, self.moved_at = job, time.monotonic()
+        try:
+            self._process(job)
+        finally:
+            self.current = None
+
+    def _process(self, job: Job) -> None:
         started = time.monotonic()
-        if not job.whole and (self.jobs.status(job.songhash) or {}).get("state") != "running":
+        if not job.whole and (self.jobs.status(job.songhash) or {}).get("state") != JobState.RUNNING:
             log.info("job %s has ended; dropping its %s", job.songhash, "stitch" if job.stitch else f"part {job.part}")
             self.jobs.drop(self.name, job)
             return
         what = "stitching its parts" if job.stitch else "separating" + (f" part {job.part}" if job.part is not None else "")
         log.info("job %s: %s with %s", job.songhash, what, job.model)
         last = [0.0, ""]
+        unrecorded = [False]
 
         def progress(stage: str, fraction: float) -> None:
-            now = time.monotonic()
+            now = self.moved_at = time.monotonic()
             if stage == last[1] and now - last[0] < 0.5 and fraction < 1.0:
                 return
             last[:] = [now, stage]
             lo, hi = STAGES[stage]
-            self.jobs.progress(job, stage, lo + (hi - lo) * fraction)
+            try:
+                self.jobs.progress(job, stage, lo + (hi - lo) * fraction)
+            except redis.RedisError as exc:  # the job goes on; its end is recorded once redis answers again
+                if not unrecorded[0]:
+                    log.warning("job %s: progress not recorded (%s); the separation goes on", job.songhash, exc)
+                unrecorded[0] = True
 
         try:
             with tempfile.TemporaryDirectory(prefix="msaas-job-") as tmp:
@@ -219,27 +314,45 @@ class Worker:
         except storage.ObjectNotFound:
             self._fail(job, "the uploaded song is no longer in the object store; upload it again", retry=False)
             return
-        except (storage.StorageError, redis.RedisError) as exc:
-            # An outage is not the song's fault: put the job back without spending an attempt, and wait before the next.
-            self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True, charge=False)
-            self.outage_backoff_s = min(max(1.0, self.outage_backoff_s * 2), 60.0)
-            log.warning("backend unavailable; next job in %.0f s", self.outage_backoff_s)
-            self.stopping.wait(self.outage_backoff_s)
+        except ResultsNotStored as exc:
+            # The store refuses what the job made (full, read-only): that attempt is spent, so this cannot loop forever.
+            self._fail(job, str(exc), retry=True)
+            self._back_off()
             return
-        except Exception as exc:  # storage or redis hiccups, out of memory, a bug: retried up to JOB_MAX_ATTEMPTS
+        except (storage.StorageError, redis.RedisError) as exc:
+            # An outage before anything was made is not the song's fault: put the job back without spending an attempt.
+            self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True, charge=False)
+            self._back_off()
+            return
+        except Exception as exc:  # out of memory, a bug: retried up to JOB_MAX_ATTEMPTS
             log.exception("job %s: separation failed", job.songhash)
             self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True)
             return
         self.outage_backoff_s = 0.0
         if tracks is None:  # split into parts, or one part of a split song stored
             return
-        self.jobs.finish(self.name, job, tracks)
-        if job.stitch:
-            self._remove_parts(job)
+        self._record(self.jobs.finish, self.name, job, tracks)
+        self._song_ended(job)
         self.metrics.jobs.labels("done").inc()
         self.metrics.seconds.observe(time.monotonic() - started)
         log.info("job %s: done in %.1f s, tracks %s", job.songhash, time.monotonic() - started, ", ".join(tracks))
-        self._call_back(job, "done", tracks)
+
+    def _back_off(self) -> None:
+        self.outage_backoff_s = min(max(1.0, self.outage_backoff_s * 2), 60.0)
+        log.warning("backend unavailable; next job in %.0f s", self.outage_backoff_s)
+        self.stopping.wait(self.outage_backoff_s)
+
+    def _record(self, write, *args):
+        """Record a job's outcome, however long redis is away: the work is done and must not be lost. If the worker is
+        killed meanwhile, the message is still in its processing list and another worker gives it back."""
+        delay = 0.5
+        while True:
+            try:
+                return write(*args)
+            except redis.RedisError as exc:
+                log.warning("redis unavailable (%s); recording the job's end again in %.0f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
     def _download(self, job: Job, tmp: Path, progress) -> Path:
         progress("downloading", 0.0)
@@ -262,7 +375,7 @@ class Worker:
             parts = splitting.parts_for(seconds, self.settings.split_over_s, self.settings.split_max_parts, workers)
             if parts > 1:
                 plan = splitting.make_plan(sep, song, parts)
-                self.jobs.split(self.name, job, plan)
+                self._record(self.jobs.split, self.name, job, plan)
                 log.info("job %s: %.0f s of song, split into %d parts for the workers", job.songhash, seconds, parts)
                 return None
         fmt, bitrate, two_stems = output_options(job)
@@ -313,8 +426,8 @@ class Worker:
         forward_s = sep.forward_s - forward_s
         self.metrics.forward.inc(forward_s)
         progress("uploading", 0.0)
-        self.store.put_file(storage.QUEUE_BUCKET, splitting.part_name(job.songhash, job.part), out, "application/octet-stream")
-        done = self.jobs.finish_part(self.name, job, len(plan["parts"]))
+        self._store_result(storage.QUEUE_BUCKET, splitting.part_name(job.songhash, job.part), out, "application/octet-stream")
+        done = self._record(self.jobs.finish_part, self.name, job, len(plan["parts"]))
         log.info(
             "job %s: part %d stored by %s (%d of %d done); forward passes %.1f s",
             job.songhash,
@@ -352,42 +465,44 @@ class Worker:
         _, _, _, ext, content_type = audio.FORMATS[output_options(job)[0]]
         for i, (track, path) in enumerate(stems.items()):
             progress("uploading", i / len(stems))
-            self.store.put_file(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, ext), path, content_type)
+            self._store_result(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, ext), path, content_type)
         return list(stems)
 
-    def _remove_parts(self, job: Job) -> None:
-        """A split song's parts are scratch: gone once its stems are stored or it has failed (best effort)."""
-        try:
-            plan = self.jobs.plan(job.songhash)
-            for k in range(len(plan["parts"]) if plan else 0):
-                try:
-                    self.store.remove(storage.QUEUE_BUCKET, splitting.part_name(job.songhash, k))
-                except storage.ObjectNotFound:
-                    pass
-        except (storage.StorageError, redis.RedisError) as exc:
-            log.warning("job %s: could not remove its parts: %s", job.songhash, exc)
+    def _store_result(self, bucket: str, name: str, path: Path, content_type: str) -> None:
+        """Put what a job made, tried a few times with backoff (the separation is not redone for a blip); then the attempt
+        is spent (ResultsNotStored), so a full or read-only store fails jobs after JOB_MAX_ATTEMPTS instead of looping."""
+        for delay in (*self.store_retry_s, None):
+            try:
+                self.store.put_file(bucket, name, path, content_type)
+                return
+            except storage.StorageError as exc:
+                if delay is None:
+                    raise ResultsNotStored(f"the object store did not take the results ({exc})") from exc
+                log.warning("could not store %s/%s (%s); trying again in %.0f s", bucket, name, exc, delay)
+                time.sleep(delay)
 
     def _fail(self, job: Job, error: str, retry: bool, charge: bool = True) -> None:
-        try:
-            again = self.jobs.fail(self.name, job, error, retry, charge)
-        except redis.RedisError as exc:
-            log.error(
-                "job %s failed (%s) and redis is unreachable (%s); it stays in my processing list", job.songhash, error, exc
-            )
-            return
+        again = self._record(self.jobs.fail, self.name, job, error, retry, charge)
         self.metrics.jobs.labels("requeued" if again else "failed").inc()
         if again:
             log.warning("job %s: %s; requeued", job.songhash, error)
         else:
             log.error("job %s failed: %s", job.songhash, error)
-            if not job.whole:
-                self._remove_parts(job)
-            self._call_back(job, "failed", [], error)
+            self._song_ended(job)
 
-    def _call_back(self, job: Job, state: str, tracks: list[str], error: str | None = None) -> None:
-        if not job.callback:
-            return
-        payload = {"hash": job.songhash, "state": state, "tracks": tracks}
-        if error:
-            payload["error"] = error
-        self.callbacks.send(job.callback, payload)
+    def _song_ended(self, job: Job) -> None:
+        """The song's job has ended (done or failed for good): its upload and a split song's parts are scratch now."""
+        names = [storage.upload_name(job.songhash)]
+        if not job.whole:
+            try:
+                plan = self.jobs.plan(job.songhash)
+            except redis.RedisError:
+                plan = None
+            names += [splitting.part_name(job.songhash, k) for k in range(len(plan["parts"]) if plan else 0)]
+        for name in names:
+            try:
+                self.store.remove(storage.QUEUE_BUCKET, name)
+            except storage.ObjectNotFound:
+                pass
+            except storage.StorageError as exc:  # the retention sweep removes it later
+                log.warning("job %s: could not remove %s: %s", job.songhash, name, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -214,9 +217,21 @@ def live_app(settings, redis_client):
     live.close()
 
 
-def msaas_process(command: str, settings: Settings, **extra_env) -> subprocess.Popen:
+def msaas_process(command: str, settings: Settings, *args: str, log: Path | None = None, **extra_env) -> subprocess.Popen:
+    """`msaas <command>` with these settings; `log`: its output goes to that file (to read what it said)."""
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **extra_env}
-    return subprocess.Popen([str(BIN / "msaas"), command], env=env, start_new_session=True)
+    out = open(log, "ab") if log else None  # noqa: SIM115 (the child holds it)
+    try:
+        return subprocess.Popen(
+            [str(BIN / "msaas"), command, *args],
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
+    finally:
+        if out:
+            out.close()
 
 
 @pytest.fixture
@@ -246,3 +261,102 @@ def start_rest(settings, processes, **env):
 
 def stems_stored(settings, songhash):
     return sorted(p.name for p in (settings.storage_dir / "output").glob(f"{songhash}-*"))
+
+
+class Receiver:
+    """An HTTP server that records callbacks. Each call gets the next of `answers` ((status, delay_s) pairs), then
+    `status` after `delay_s`."""
+
+    def __init__(self, status=200, delay_s=0.0, answers=()):
+        self.calls, self.status, self.delay_s, self.answers = [], status, delay_s, list(answers)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.calls.append((dict(self.headers), json.loads(body)))
+                status, delay_s = receiver.answers.pop(0) if receiver.answers else (receiver.status, receiver.delay_s)
+                time.sleep(delay_s)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+FULL_XML = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>XMinioStorageFull</Code><Message>Storage backend has reached its '
+    b"minimum free drive threshold. Please delete a few objects to proceed.</Message></Error>"
+)
+
+
+class FaultyS3:
+    """A real S3 server (moto) behind a proxy that fails as real ones do: `full` refuses object writes the way a full
+    MinIO does (507 XMinioStorageFull); `hang` holds object reads until `released` is set."""
+
+    def __init__(self, upstream: str):
+        self.full = False
+        self.hang = False
+        self.released = threading.Event()
+        proxy = self
+        target = f"http://{upstream}"
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                is_object = len(urlsplit(self.path).path.strip("/").split("/")) >= 2
+                if proxy.full and is_object and self.command in ("PUT", "POST"):
+                    return self.reply(507, {"Content-Type": "application/xml"}, FULL_XML)
+                if proxy.hang and is_object and self.command == "GET":
+                    proxy.released.wait(120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                r = requests.request(self.command, target + self.path, headers=headers, data=body, timeout=60)
+                skip = ("content-length", "transfer-encoding", "content-encoding", "connection")
+                kept = {k: v for k, v in r.headers.items() if k.lower() not in skip}
+                if self.command == "HEAD":
+                    kept["Content-Length"] = r.headers.get("Content-Length", "0")
+                self.reply(r.status_code, kept, b"" if self.command == "HEAD" else r.content)
+
+            def reply(self, status, headers, content):
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                if content:
+                    self.wfile.write(content)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def faulty_s3(s3_endpoint):
+    proxy = FaultyS3(s3_endpoint)
+    yield proxy
+    proxy.close()

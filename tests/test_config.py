@@ -35,9 +35,22 @@ def test_settings_survive_the_trip_through_a_child_environment():
             "MINIO_SECURE": "1",
             "DEMUCS_REPO": "/models",
             "MAX_UPLOAD_MB": "20",
-            "CALLBACK_SECRET": "whsec_x",
+            "CALLBACK_SECRET": "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=",
         }
     )
     again = Settings.from_env(s.to_env())
     assert again.with_(hostname=s.hostname) == s
     assert again.demucs_repo == Path("/models") and again.minio_secure
+
+
+@pytest.mark.parametrize("secret", ["whsec_x", "not base64!", "whsec_c2hvcnQ="])
+def test_a_callback_secret_that_cannot_sign_stops_the_component_at_start(secret):
+    with pytest.raises(ConfigError, match="CALLBACK_SECRET"):
+        Settings.from_env({"CALLBACK_SECRET": secret})
+
+
+def test_reliability_settings_have_their_documented_defaults_and_read_from_the_environment():
+    s = Settings.from_env({})
+    assert s.retention_s == 7 * 86400 and s.job_stall_s == 900 and s.max_uploads == 4
+    s = Settings.from_env({"RETENTION_S": "0", "JOB_STALL_S": "60", "MAX_STEMS_MB": "10", "MAX_SAMPLE_RATE": "48000"})
+    assert (s.retention_s, s.job_stall_s, s.max_stems_bytes, s.max_sample_rate) == (0, 60, 10 * 1024 * 1024, 48000)

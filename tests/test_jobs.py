@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from msaas import keys
 from msaas.jobs import Job, JobQueue, songhash
 
@@ -76,7 +78,7 @@ def test_jobs_of_a_worker_without_heartbeat_are_requeued_at_the_front(redis_clie
     jobs.submit(Job("new", "m"))
     jobs.claim("dead-worker", 1)
     redis_client.delete(keys.heartbeat_key("dead-worker"))  # as if its TTL ran out
-    assert jobs.requeue_orphans() == 1
+    assert [(job.songhash, requeued) for job, requeued in jobs.requeue_orphans("taker")] == [("old", True)]
     assert jobs.queued() == ["old", "new"]
     assert jobs.status("old")["state"] == "queued"
     assert not redis_client.sismember(keys.WORKERS, "dead-worker")
@@ -86,7 +88,7 @@ def test_live_workers_keep_their_jobs(redis_client):
     jobs = q(redis_client)
     jobs.submit(Job("h1", "m"))
     jobs.claim("alive", 1)
-    assert jobs.requeue_orphans() == 0
+    assert jobs.requeue_orphans("taker") == []
     assert jobs.status("h1")["state"] == "running"
 
 
@@ -197,6 +199,74 @@ def test_a_dead_workers_part_goes_back_without_requeueing_its_song(redis_client)
     split_job(jobs, other_songs=())
     jobs.claim("dead", 1)
     redis_client.delete(keys.heartbeat_key("dead"))
-    assert jobs.requeue_orphans() == 1
+    assert len(jobs.requeue_orphans("taker")) == 1
     assert jobs.status("long")["state"] == "running"
     assert jobs.claim("w2", 1).part == 0
+
+
+def kill(redis_client, worker):
+    """As if the worker died: its heartbeat key is gone (its TTL ran out)."""
+    redis_client.delete(keys.heartbeat_key(worker))
+
+
+def test_a_job_whose_worker_dies_every_time_fails_after_its_attempts_and_the_next_song_runs(redis_client):
+    jobs = q(redis_client, max_attempts=2)
+    jobs.submit(Job("poison", "m", {"url": "http://x/", "data": 7}))
+    jobs.submit(Job("fine", "m"))
+    for n in (1, 2):
+        assert jobs.claim(f"w{n}", 1).songhash == "poison"
+        kill(redis_client, f"w{n}")
+        ((job, requeued),) = jobs.requeue_orphans("survivor")
+        assert job.songhash == "poison" and requeued is (n < 2)
+    status = jobs.status("poison")
+    assert status["state"] == "failed" and status["attempts"] == 2
+    assert "the worker stopped 2 times while separating this song" in status["error"]
+    assert [json.loads(r)["songhash"] for r in redis_client.lrange(keys.DEAD, 0, -1)] == ["poison"]
+    assert jobs.claim("w3", 1).songhash == "fine"  # the queue goes on
+    assert redis_client.llen(keys.processing_key("survivor")) == 0
+    (entry,) = [json.loads(e) for e in redis_client.hvals(keys.OUTBOX_MESSAGES)]  # the failed callback is due
+    assert json.loads(entry["body"]) == {"hash": "poison", "state": "failed", "tracks": [], "error": status["error"], "data": 7}
+
+
+def test_a_job_given_back_past_its_attempts_by_an_older_worker_fails_when_taken(redis_client):
+    jobs = q(redis_client, max_attempts=2)
+    jobs.submit(Job("poison", "m"))
+    redis_client.hset(keys.job_key("poison"), "attempts", 2)  # taken twice, given back without a check
+    assert jobs.claim("w1", 1) is None
+    assert jobs.status("poison")["state"] == "failed" and redis_client.llen(keys.processing_key("w1")) == 0
+
+
+def test_a_clean_stop_gives_the_attempt_back(redis_client):
+    jobs = q(redis_client, max_attempts=1)
+    jobs.submit(Job("h1", "m"))
+    jobs.claim("w1", 1)
+    assert jobs.retire("w1") == 1
+    status = jobs.status("h1")
+    assert status["state"] == "queued" and status["attempts"] == 0 and jobs.queued() == ["h1"]
+
+
+@pytest.mark.parametrize("raw", ["{not json", "[1, 2]", '{"model": "m"}', '{"songhash": "a", "model": "m", "part": "x"}'])
+def test_a_message_that_does_not_parse_is_dead_lettered_and_never_crashes_a_worker(redis_client, raw):
+    jobs = q(redis_client)
+    redis_client.lpush(keys.QUEUE, raw)
+    jobs.submit(Job("fine", "m"))
+    assert jobs.claim("w1", 1) is None
+    assert redis_client.lrange(keys.DEAD, 0, -1) == [raw] and redis_client.llen(keys.processing_key("w1")) == 0
+    assert jobs.claim("w1", 1).songhash == "fine"
+
+
+def test_giving_back_the_same_message_twice_queues_it_once(redis_client):
+    jobs = q(redis_client)
+    jobs.submit(Job("h1", "m"))
+    job = jobs.claim("w1", 1)
+    assert jobs.give_back("w1", job, refund=False) is True
+    assert jobs.give_back("w1", job, refund=False) is False  # no longer held: nothing changes
+    assert redis_client.llen(keys.QUEUE) == 1 and int(redis_client.hget(keys.job_key("h1"), "stops")) == 1
+
+
+def test_the_dead_letter_list_stays_bounded(redis_client):
+    jobs = q(redis_client, max_attempts=1)
+    for i in range(keys.DEAD_MAX + 5):
+        redis_client.lpush(keys.QUEUE, f"garbage {i}")
+        jobs.claim("w1", 1)
+    assert redis_client.llen(keys.DEAD) == keys.DEAD_MAX

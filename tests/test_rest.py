@@ -6,6 +6,7 @@ import json
 import pytest
 import requests
 
+import redis
 from conftest import make_song
 from msaas import keys, storage
 from msaas.jobs import songhash
@@ -89,6 +90,12 @@ BAD = [
     ("callback not http", dict(json={"mp3": "SUQz", "callback": {"url": "file:///etc/passwd"}}), 400, "callback"),
     ("callback not object", dict(json={"mp3": "SUQz", "callback": "http://x"}), 400, "callback"),
     ("multipart without file", dict(files={"song": ("a.mp3", b"x")}), 400, "mp3"),
+    ("two songs", dict(data=b'{"mp3": "SUQz", "mp3": "SUQz"}'), 400, "two mp3"),
+    ("two objects", dict(data=b'{"mp3": "SUQz"} {}'), 400, "more than one"),
+    ("cut short", dict(data=b'{"mp3": "SUQzBAAA'), 400, "ends inside"),
+    ("padding inside", dict(data=b'{"mp3": "SUQ=SUQz"}'), 400, "base64"),
+    ("huge field", dict(data=b'{"mp3": "SUQz", "x": "' + b"a" * 70_000 + b'"}'), 400, "kB allowed"),
+    ("mp3 not a string", dict(json={"mp3": 12}), 400, "mp3"),
 ]
 
 
@@ -238,3 +245,91 @@ def test_all_stems_download_as_one_zip(live_app, song, tmp_path):
         assert archive.read("vocals.mp3") == song.read_bytes()
     queued = post_json(live_app, {"mp3": b64(make_song(tmp_path / "other.mp3", seconds=1, seed=9))}).json()["hash"]
     assert requests.get(f"{live_app.url}/apiv1/zip/{queued}", timeout=5).status_code == 404
+
+
+def test_json_is_read_as_it_streams_whatever_the_field_order_escapes_or_data_url(live_app, song):
+    """The song's base64 is decoded block by block: `\\/` escapes, line breaks, a data: URL and fields before or after it
+    give the same bytes, hence the same songhash as the plain body."""
+    encoded = b64(song)
+    plain = post_json(live_app, {"mp3": encoded, "two_stems": "vocals"})
+    assert plain.status_code == 200, plain.text
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    for body in (
+        '{"two_stems": "vocals", "mp3": "' + encoded.replace("/", "\\/") + '"}',
+        '{ "mp3" : ' + json.dumps(wrapped) + ' ,"two_stems":"vocals" }',
+        '{"mp3": "data:audio/mpeg;base64,' + encoded + '", "two_stems": "vocals"}',
+    ):
+        r = requests.post(f"{live_app.url}/apiv1/separate", data=body.encode(), timeout=30)
+        assert r.status_code == 200 and r.json()["hash"] == plain.json()["hash"], r.text
+
+
+def test_more_uploads_at_once_than_allowed_get_503_with_retry_after(settings, redis_client, song):
+    from conftest import LiveApp
+    from msaas.rest import create_app
+
+    live = LiveApp(
+        create_app(settings.with_(max_uploads=1), redis_client, storage.LocalStore(settings.storage_dir)), settings.port
+    )
+    try:
+        assert live.backends.uploads.acquire(blocking=False)  # one upload under way
+        r = post_json(live, {"mp3": b64(song)})
+        assert r.status_code == 503 and r.headers["Retry-After"] and "uploads" in r.json()["error"]
+        assert leftovers(live) == ([], [])
+        live.backends.uploads.release()
+        assert post_json(live, {"mp3": b64(song)}).status_code == 200
+    finally:
+        live.close()
+
+
+def test_songs_at_too_high_a_rate_or_with_outsized_stems_are_refused_up_front(live_app, tmp_path):
+    b = live_app.backends
+    hi = make_song(tmp_path / "hi.flac", seconds=1, rate=96000, fmt="flac")
+    b.settings = b.settings.with_(max_sample_rate=48000)
+    r = requests.post(f"{live_app.url}/apiv1/separate", files={"mp3": ("hi.flac", hi.read_bytes())}, data={"format": "flac"})
+    assert r.status_code == 422 and "48000 Hz" in r.json()["error"]
+    b.settings = b.settings.with_(max_sample_rate=192000, max_stems_bytes=1_000_000)
+    song = make_song(tmp_path / "s.wav", seconds=3, fmt="wav")  # 4 WAV stems of 3 s: 2.1 MB
+    r = requests.post(f"{live_app.url}/apiv1/separate", files={"mp3": ("s.wav", song.read_bytes())}, data={"format": "wav"})
+    assert r.status_code == 413 and "stems" in r.json()["error"] and "mp3" in r.json()["error"]
+    assert leftovers(live_app) == ([], [])
+    r = requests.post(f"{live_app.url}/apiv1/separate", files={"mp3": ("s.wav", song.read_bytes())})  # 4 MP3 stems: 0.5 MB
+    assert r.status_code == 200, r.text
+
+
+def test_a_full_object_store_is_507_and_nothing_is_half_written(settings, redis_client, faulty_s3, song):
+    from conftest import LiveApp
+    from msaas.rest import create_app
+
+    store = storage.S3Store(faulty_s3.endpoint, "testing", "testing")
+    live = LiveApp(create_app(settings, redis_client, store), settings.port)
+    try:
+        faulty_s3.full = True
+        r = post_json(live, {"mp3": b64(song)})
+        assert r.status_code == 507 and "full" in r.json()["error"] and r.headers["Retry-After"]
+        assert list(store.names(storage.QUEUE_BUCKET, "")) == [] and leftovers(live)[0] == []
+        faulty_s3.full = False
+        assert post_json(live, {"mp3": b64(song)}).status_code == 200
+    finally:
+        live.close()
+
+
+def test_a_full_redis_is_507_and_nothing_is_half_written(settings, song, tmp_path):
+    from conftest import LiveApp, free_port
+    from msaas import jobs, redisproc
+    from msaas.rest import create_app
+
+    port = free_port()
+    server = redisproc.start(port, tmp_path / "redis", persist=False, maxmemory="64mb")
+    client = jobs.connect(f"redis://127.0.0.1:{port}/0")
+    live = LiveApp(create_app(settings, client, storage.LocalStore(settings.storage_dir)), settings.port)
+    try:
+        client.config_set("maxmemory", client.info("memory")["used_memory"] // 2)  # as full as a bounded redis gets
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("filler", "x")
+        r = post_json(live, {"mp3": b64(song)})
+        assert r.status_code == 507 and "redis" in r.json()["error"] and "full" in r.json()["error"]
+        assert not list(settings.storage_dir.rglob("*.mp3")) and not client.keys("job:*") and client.llen(keys.QUEUE) == 0
+    finally:
+        live.close()
+        server.terminate()
+        server.wait()

@@ -3,42 +3,14 @@
 import json
 import logging
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import free_port
+from conftest import Receiver, free_port
 from msaas import audio, keys, storage
 from msaas.jobs import Job, JobQueue
 from msaas.worker import Worker
-
-
-class Receiver:
-    """An HTTP server that records callbacks; `status` is what it answers, `delay_s` how long it stalls."""
-
-    def __init__(self, status=200, delay_s=0.0):
-        self.calls, self.status, self.delay_s = [], status, delay_s
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers), json.loads(body)))
-                time.sleep(receiver.delay_s)
-                self.send_response(receiver.status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture
@@ -46,8 +18,10 @@ def worker(settings, redis_client):
     st = storage.LocalStore(settings.storage_dir)
     st.ensure_buckets()
     w = Worker(settings, redis_client, st, name="test-worker")
-    w.callbacks.delays = (0.2, 0.2)
-    return w
+    w.jobs.outbox.delays = (0.2, 0.2)
+    stop_callbacks = w.start_callbacks()
+    yield w
+    stop_callbacks()
 
 
 def enqueue(worker, song, model="tiny", callback=None, **options):
@@ -135,11 +109,13 @@ def test_callbacks_to_private_addresses_are_refused_unless_allowed(settings, red
     st = storage.LocalStore(settings.storage_dir)
     st.ensure_buckets()
     w = Worker(settings.with_(callback_allow_private=False), redis_client, st, name="strict")
-    w.callbacks.delays = ()
     receiver = Receiver()
     h = enqueue(w, song, callback={"url": receiver.url, "data": 1})
     run_one(w)
-    time.sleep(1)
+    assert w.jobs.outbox.pending() == 1
+    stop_callbacks = w.start_callbacks()
+    wait_for(lambda: w.jobs.outbox.pending() == 0)  # refused for good at the first try, not retried
+    stop_callbacks()
     assert w.jobs.status(h)["state"] == "done" and receiver.calls == []
     receiver.close()
 
@@ -211,3 +187,44 @@ def test_a_worker_keeps_the_default_model_and_one_other(worker, tiny_repo):
     finally:
         for name in ("second", "third"):
             (tiny_repo / f"{name}.yaml").unlink()
+
+
+def test_a_full_store_spends_an_attempt_per_try_instead_of_looping(settings, redis_client, faulty_s3, song):
+    store = storage.S3Store(faulty_s3.endpoint, "testing", "testing")
+    store.ensure_buckets()
+    w = Worker(settings.with_(job_max_attempts=2), redis_client, store, name="full")
+    w.store_retry_s = (0.1, 0.1)  # tries to store the stems before the attempt counts
+    h = enqueue(w, song)
+    faulty_s3.full = True
+    run_one(w)
+    status = w.jobs.status(h)
+    assert status["state"] == "queued" and status["attempts"] == 1 and "did not take the results" in status["error"]
+    run_one(w)
+    status = w.jobs.status(h)
+    assert status["state"] == "failed" and status["attempts"] == 2 and "full" in status["error"]
+    assert w.jobs.queued() == [] and list(store.names(storage.OUTPUT_BUCKET, h)) == []
+    assert list(store.names(storage.QUEUE_BUCKET, h)) == []  # the job has ended: its upload is gone too
+
+
+def test_the_upload_is_removed_once_the_job_ends_done_or_failed(worker, song, tmp_path):
+    done = enqueue(worker, song)
+    run_one(worker)
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio" * 100)
+    failed = enqueue(worker, bad)
+    run_one(worker)
+    assert [worker.jobs.status(h)["state"] for h in (done, failed)] == ["done", "failed"]
+    assert list((worker.settings.storage_dir / "queue").iterdir()) == []
+
+
+def test_a_stalled_job_is_given_back_by_the_watchdog(worker, song, monkeypatch):
+    exits = []
+    monkeypatch.setattr("os._exit", exits.append)  # the real exit is tested with a real process (test_faults)
+    worker.settings = worker.settings.with_(job_stall_s=5)
+    h = enqueue(worker, song)
+    job = worker.jobs.claim(worker.name, 1)
+    worker.current, worker.moved_at = job, time.monotonic() - 6
+    worker._watchdog()
+    status = worker.jobs.status(h)
+    assert exits == [3] and status["state"] == "queued" and "no progress for 6 s" in status["error"]
+    assert worker.jobs.queued() == [h]

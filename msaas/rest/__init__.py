@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 
@@ -22,6 +23,7 @@ class Backends:
     store: storage.ObjectStore
     jobs: jobs.JobQueue
     buckets_ready: bool = False
+    uploads: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(4))
 
     def ensure_store(self) -> None:
         """Create the buckets the first time the store answers; afterwards just check that it does."""
@@ -45,13 +47,14 @@ def create_app(
     client = client or jobs.connect(settings.redis_url)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + ENVELOPE_BYTES
-    app.config["MAX_FORM_MEMORY_SIZE"] = app.config["MAX_CONTENT_LENGTH"]
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024  # the form's fields but the file (which werkzeug spools to disk)
     app.json.sort_keys = False
     app.extensions["msaas"] = Backends(
         settings=settings,
         redis=client,
         store=store or storage.open_store(settings),
-        jobs=jobs.JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s),
+        jobs=jobs.JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s, settings.retention_s),
+        uploads=threading.BoundedSemaphore(settings.max_uploads),
     )
     errors.register(app)
     app.register_blueprint(web.bp)

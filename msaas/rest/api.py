@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import io
-import json
 import logging
 import re
 import tempfile
@@ -16,9 +13,8 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, request
 
 from .. import audio, callbacks, models, storage
-from ..jobs import Job
-from ..jobs import songhash as make_songhash
-from . import backends
+from ..jobs import Job, JobState, songhash_of_file
+from . import backends, uploads
 from .errors import ApiError
 
 log = logging.getLogger("msaas.rest")
@@ -41,37 +37,6 @@ def authenticate():
 SONGHASH = re.compile(r"^[0-9a-f]{56}$")
 TRACK = re.compile(r"^([a-z][a-z_]{0,31})(?:\.(mp3|wav|flac))?$")
 FIELDS = {"mp3", "model", "two_stems", "format", "bitrate", "callback"}
-
-
-def _form_fields() -> tuple[dict, bytes]:
-    upload = request.files.get("mp3")
-    if upload is None:
-        raise ApiError(400, "multipart upload needs a file field named mp3 (curl -F mp3=@song.mp3)")
-    fields: dict = {k: v for k, v in request.form.items() if k in FIELDS}
-    if "callback" in fields:
-        try:
-            fields["callback"] = json.loads(fields["callback"])
-        except ValueError:
-            raise ApiError(400, 'the callback form field must be JSON: {"url": ..., "data": ...}') from None
-    elif "callback_url" in request.form:
-        fields["callback"] = {"url": request.form["callback_url"], "data": request.form.get("callback_data")}
-    return fields, upload.read()
-
-
-def _json_fields() -> tuple[dict, bytes]:
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, 'the body must be a JSON object like {"mp3": "<base64>"}, or a multipart upload')
-    encoded = body.get("mp3")
-    if not isinstance(encoded, str) or not encoded:
-        raise ApiError(400, "the JSON body needs a field mp3 holding the song as base64")
-    if encoded.startswith("data:") and "," in encoded[:100]:
-        encoded = encoded.split(",", 1)[1]  # a data: URL from a browser
-    try:
-        data = base64.b64decode(encoded.replace("\n", "").replace("\r", ""), validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "the mp3 field is not valid base64") from None
-    return {k: v for k, v in body.items() if k in FIELDS}, data
 
 
 def _choices(fields: dict) -> tuple[str, dict, dict | None]:
@@ -121,39 +86,42 @@ def _choices(fields: dict) -> tuple[str, dict, dict | None]:
 @bp.post("/separate")
 def separate():
     b = backends()
-    fields, data = _form_fields() if request.mimetype == "multipart/form-data" else _json_fields()
+    if not b.uploads.acquire(blocking=False):
+        raise ApiError(503, "this server is taking as many uploads as it can; try again shortly", {"Retry-After": "5"})
+    try:
+        with tempfile.TemporaryDirectory(prefix="msaas-upload-") as tmp:
+            return _enqueue(b, _receive(b, Path(tmp) / "song"))
+    finally:
+        b.uploads.release()
+
+
+def _receive(b, path: Path) -> uploads.Upload:
+    """The song to a file as it arrives (bounded memory whatever its size), the other fields parsed."""
     limit = b.settings.max_upload_bytes
-    if len(data) > limit:
-        raise ApiError(413, f"the song is larger than the {limit // (1024 * 1024)} MB allowed")
-    if not data:
+    try:
+        if request.mimetype == "multipart/form-data":
+            return uploads.from_multipart(request.files, request.form, path, limit, FIELDS)
+        upload = uploads.from_json(request.stream, path, limit)
+    except uploads.UploadTooLarge as exc:
+        raise ApiError(413, str(exc)) from None
+    except uploads.BadUpload as exc:
+        raise ApiError(400, str(exc)) from None
+    upload.fields = {k: v for k, v in upload.fields.items() if k in FIELDS}
+    return upload
+
+
+def _enqueue(b, upload: uploads.Upload):
+    if not upload.size:
         raise ApiError(400, "the song is empty")
-    model, options, callback = _choices(fields)
-    songhash = make_songhash(model, options, data)
-
+    model, options, callback = _choices(upload.fields)
+    songhash = songhash_of_file(model, options, upload.path)
     existing = b.jobs.status(songhash)
-    if existing and existing["state"] != "failed":
+    if existing and existing["state"] != JobState.FAILED:
         return jsonify({"hash": songhash, "reason": f"Song already {existing['state']}; not separated again"})
-
-    with tempfile.NamedTemporaryFile(prefix="msaas-upload-") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        try:
-            info = audio.probe(Path(tmp.name), b.settings.max_duration_s)
-        except audio.Truncated as exc:
-            raise ApiError(422, f"{exc}; upload the whole file") from None
-        except audio.NotAudio as exc:
-            raise ApiError(415, f"not a song MSaaS can read: {exc}") from None
-        except audio.TooLong as exc:
-            raise ApiError(413, str(exc)) from None
-        if options.get("format", "mp3") == "mp3" and info.sample_rate not in audio.MP3_RATES:
-            raise ApiError(
-                422,
-                f"the song is at {info.sample_rate} Hz and its stems would be too, but an MP3 is at 8 to 48 kHz "
-                f"({', '.join(map(str, audio.MP3_RATES))} Hz): ask for format wav or flac",
-            )
-        b.ensure_store()
-        name = storage.upload_name(songhash)
-        b.store.put_file(storage.QUEUE_BUCKET, name, Path(tmp.name), "audio/mpeg")
+    info = _probe(b, upload.path, model, options)
+    b.ensure_store()
+    name = storage.upload_name(songhash)
+    b.store.put_file(storage.QUEUE_BUCKET, name, upload.path, "audio/mpeg")
     try:
         state = b.jobs.submit(Job(songhash, model, callback, options))
     except Exception:
@@ -161,8 +129,55 @@ def separate():
         raise
     if state:
         return jsonify({"hash": songhash, "reason": f"Song already {state}; not separated again"})
-    log.info("queued %s (%s, %.1f s of %s audio, model %s)", songhash, _size(len(data)), info.duration_s, info.codec, model)
+    size = _size(upload.size)
+    log.info("queued %s (%s, %.1f s of %s audio, model %s)", songhash, size, info.duration_s, info.codec, model)
     return jsonify({"hash": songhash, "reason": "Song enqueued for separation"})
+
+
+def _probe(b, path: Path, model: str, options: dict) -> audio.AudioInfo:
+    """Decode the song once: refuse what is not audio, too long, at a rate too high, or whose stems would be too large."""
+    settings = b.settings
+    try:
+        info = audio.probe(path, settings.max_duration_s)
+    except audio.Truncated as exc:
+        raise ApiError(422, f"{exc}; upload the whole file") from None
+    except audio.NotAudio as exc:
+        raise ApiError(415, f"not a song MSaaS can read: {exc}") from None
+    except audio.TooLong as exc:
+        raise ApiError(413, str(exc)) from None
+    if info.sample_rate > settings.max_sample_rate:
+        raise ApiError(
+            422, f"the song is at {info.sample_rate} Hz; MSaaS takes songs at up to {settings.max_sample_rate} Hz: resample it"
+        )
+    fmt = options.get("format", "mp3")
+    if fmt == "mp3" and info.sample_rate not in audio.MP3_RATES:
+        raise ApiError(
+            422,
+            f"the song is at {info.sample_rate} Hz and its stems would be too, but an MP3 is at 8 to 48 kHz "
+            f"({', '.join(map(str, audio.MP3_RATES))} Hz): ask for format wav or flac",
+        )
+    stems = _stems_bytes(info, fmt, int(options.get("bitrate", audio.DEFAULT_BITRATE)), _track_count(b, model, options))
+    if stems > settings.max_stems_bytes:
+        raise ApiError(
+            413,
+            f"the stems of this song would take about {stems / 1e6:.0f} MB, more than the "
+            f"{settings.max_stems_bytes / 1e6:.0f} MB allowed: ask for mp3 stems, or send a shorter song",
+        )
+    return info
+
+
+def _track_count(b, model: str, options: dict) -> int:
+    if options.get("two_stems"):
+        return 2
+    seen = b.jobs.published_models().get(model) or {}
+    tracks = seen.get("tracks") or models.catalog(b.settings.demucs_repo).get(model, {}).get("tracks")
+    return len(tracks or ()) or 4
+
+
+def _stems_bytes(info: audio.AudioInfo, fmt: str, bitrate_kbps: int, tracks: int) -> float:
+    """An upper bound of the stems' size: MP3 at its bitrate, WAV and FLAC as 16-bit stereo PCM (FLAC compresses that)."""
+    per_second = bitrate_kbps * 1000 / 8 if fmt == "mp3" else info.sample_rate * 2 * 2
+    return tracks * info.duration_s * per_second
 
 
 def _size(n: int) -> str:
