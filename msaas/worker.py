@@ -69,6 +69,7 @@ class Worker:
         self.jobs = JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s, settings.retention_s)
         self.name = name or f"{settings.hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.callbacks = CallbackSender(settings.callback_secret, settings.callback_allow_private, settings.callback_timeout_s)
+        self.jobs.outbox.lease_s = 2 * settings.callback_timeout_s + 5  # a delivery held longer: its worker died sending it
         self.retention = Retention(client, store, settings.retention_s)
         self.store_retry_s = STORE_RETRY_S
         self.giving_back = threading.Lock()  # the loop and the heartbeat thread both give back jobs; one at a time
