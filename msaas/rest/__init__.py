@@ -41,11 +41,12 @@ def backends() -> Backends:
 def create_app(
     settings: Settings | None = None, client: redis.Redis | None = None, store: storage.ObjectStore | None = None
 ) -> Flask:
-    from . import api, errors, web
+    from . import api, errors, uploads, web
 
     settings = settings or Settings.from_env()
     client = client or jobs.connect(settings.redis_url)
     app = Flask(__name__)
+    app.request_class = uploads.UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + ENVELOPE_BYTES
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024  # the form's fields but the file (which werkzeug spools to disk)
     app.json.sort_keys = False

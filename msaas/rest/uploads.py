@@ -1,6 +1,6 @@
 """An upload read as it arrives: the song goes to a file, so a rest process holds a bounded buffer, never the song itself.
 
-Multipart bodies are parsed by werkzeug, whose file parts spool to disk, and copied to the upload's file in blocks. JSON
+Multipart bodies are parsed by werkzeug, its file parts written to a named file (UploadRequest) that becomes the upload's. JSON
 bodies (`{"mp3": "<base64>", ...}`) go through a small streaming reader: the base64 of `mp3` is decoded block by block
 as it is read; the other fields are small and parsed with `json`. Neither path depends on where `mp3` sits in the body."""
 
@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import binascii
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+from flask import Request
 
 BLOCK = 64 * 1024
 FIELDS_BYTES = 64 * 1024  # all fields but the song together (a callback's data is at most 16 kB)
@@ -51,17 +56,30 @@ class _SongFile:
         self.out.close()
 
 
+class UploadRequest(Request):
+    """Flask's request, but a multipart body's file parts go to named files on disk as werkzeug parses them (werkzeug's
+    default keeps small ones in memory and larger ones in unnamed files, which would have to be copied)."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return tempfile.NamedTemporaryFile("wb+", prefix="msaas-part-")  # removed when werkzeug closes it
+
+
 def from_multipart(files, form, path: Path, limit: int, names: set[str]) -> Upload:
-    """A werkzeug-parsed multipart body: the file part `mp3` copied to `path`, the named form fields kept as strings."""
+    """A werkzeug-parsed multipart body: the file part `mp3` linked (or copied) to `path`, the named fields as strings."""
     upload = files.get("mp3")
     if upload is None:
         raise BadUpload("multipart upload needs a file field named mp3 (curl -F mp3=@song.mp3)")
-    song = _SongFile(path, limit)
+    stream = upload.stream
+    stream.flush()
+    size = os.fstat(stream.fileno()).st_size
+    if size > limit:
+        raise UploadTooLarge(f"the song is larger than the {limit // (1024 * 1024)} MB allowed")
     try:
-        while block := upload.stream.read(BLOCK):
-            song.write(block)
-    finally:
-        song.close()
+        os.link(stream.name, path)  # the same bytes under the upload's name: no copy
+    except (OSError, AttributeError, TypeError):
+        stream.seek(0)
+        with open(path, "wb") as out:
+            shutil.copyfileobj(stream, out, BLOCK)
     fields: dict = {k: v for k, v in form.items() if k in names}
     if "callback" in fields:
         try:
@@ -70,7 +88,7 @@ def from_multipart(files, form, path: Path, limit: int, names: set[str]) -> Uplo
             raise BadUpload('the callback form field must be JSON: {"url": ..., "data": ...}') from None
     elif "callback_url" in form:
         fields["callback"] = {"url": form["callback_url"], "data": form.get("callback_data")}
-    return Upload(fields, path, song.size, upload.filename or None)
+    return Upload(fields, path, size, upload.filename or None)
 
 
 def from_json(stream: BinaryIO, path: Path, limit: int) -> Upload:
