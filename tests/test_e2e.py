@@ -5,11 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import BIN, ROOT, free_port, make_song, msaas_process, wait_http
+import redis
+from conftest import BIN, ROOT, free_port, make_song, msaas_process, wait_http, wait_until
 from msaas import audio
 from msaas.client import Client
 
@@ -117,11 +119,30 @@ def test_msaas_up_runs_the_whole_stack_and_stops_cleanly_on_ctrl_c(tiny_repo, tm
             assert audio.probe(tmp_path / "out" / "mine" / f"{track}.mp3").samples == audio.probe(song).samples
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
         assert (tmp_path / "var" / "redis" / "appendonly.aof").exists() or (tmp_path / "var" / "redis" / "appendonlydir").exists()
+        bounded = redis.Redis(port=redis_port).config_get("maxmemory*")
+        assert bounded == {"maxmemory": str(256 << 20), "maxmemory-policy": "noeviction", **bounded}
+        (worker,) = children_running(up.pid, b"worker")
+        os.kill(worker, signal.SIGKILL)  # a worker that dies (or whose watchdog ends it) is started again
+        assert wait_until(lambda: [p for p in children_running(up.pid, b"worker") if p != worker], 30, "a new worker")
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
         code = up.wait(60)
     output = up.stdout.read()
     assert code == 0, output
-    assert "stopping MSaaS" in output and "vocals ->" in output
+    assert "stopping MSaaS" in output and "vocals ->" in output and "starting it again" in output
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def children_running(pid: int, command: bytes) -> list[int]:
+    """The live child processes of `pid` whose command line names `command`."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if command in argv and state != "Z":
+            found.append(int(child))
+    return found
