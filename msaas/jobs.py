@@ -222,7 +222,12 @@ class JobQueue:
 
     def queued(self) -> list[str]:
         """Songhashes waiting, oldest first (rest pushes on the left, workers take from the right)."""
-        waiting = [json.loads(raw)["songhash"] for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1))]
+        waiting = []
+        for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1)):
+            try:
+                waiting.append(Job.from_message(raw).songhash)
+            except BadMessage:
+                continue  # a worker dead-letters it when it comes up
         return list(dict.fromkeys(waiting))  # a split song's parts are one song
 
     def forget_track(self, songhash: str, track: str) -> bool:

@@ -189,10 +189,13 @@ def test_a_song_past_its_retention_is_gone_everywhere_and_is_separated_again_whe
 ):
     settings = settings.with_(retention_s=4)
     client = start_rest(settings, processes)
-    processes.append(msaas_process("worker", settings))
+    redis_client.lpush(keys.QUEUE, '{"songhash": ')  # a message cut short, ahead of the song
+    worker = msaas_process("worker", settings)
+    processes.append(worker)
     song = make_song(tmp_path / "s.mp3", seconds=2, seed=9)
     h = client.submit(song)["hash"]
     wait_until(lambda: client.status(h)["state"] == "done", 120, "the job")
+    assert redis_client.lrange(keys.DEAD, 0, -1) == ['{"songhash": '] and worker.poll() is None  # dead-lettered, no crash
     assert len(stems_stored(settings, h)) == 4
     assert not (settings.storage_dir / "queue" / f"{h}.mp3").exists()  # the upload went as the job ended
     assert 0 < redis_client.ttl(keys.job_key(h)) <= 4

@@ -250,6 +250,7 @@ def test_a_message_that_does_not_parse_is_dead_lettered_and_never_crashes_a_work
     jobs = q(redis_client)
     redis_client.lpush(keys.QUEUE, raw)
     jobs.submit(Job("fine", "m"))
+    assert jobs.queued() == ["fine"]  # listed around it, not a 500
     assert jobs.claim("w1", 1) is None
     assert redis_client.lrange(keys.DEAD, 0, -1) == [raw] and redis_client.llen(keys.processing_key("w1")) == 0
     assert jobs.claim("w1", 1).songhash == "fine"
