@@ -76,8 +76,9 @@ class Outbox:
     def pending(self) -> int:
         return self.r.zcard(keys.OUTBOX)
 
-    def deliver_due(self, send: Callable[[dict], Outcome], limit: int = 8) -> int:
-        """Send what is due now through `send`; returns how many were tried."""
+    def deliver_due(self, send: Callable[[dict], Outcome], limit: int = 1) -> int:
+        """Send what is due now through `send`; returns how many were tried. One at a time by default, so a slow receiver
+        does not hold other deliveries past their lease."""
         lease = _ms(time.time() + self.lease_s)
         taken = [
             json.loads(raw) for raw in self._take(keys=[keys.OUTBOX, keys.OUTBOX_MESSAGES], args=[_ms(time.time()), lease, limit])

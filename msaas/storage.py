@@ -125,8 +125,11 @@ class LocalStore:
     def names(self, bucket: str, prefix: str) -> Iterator[str]:
         if prefix:
             check_name(prefix)
-        with os.scandir(self._path(bucket, "x").parent) as entries:
-            found = sorted(e.name for e in entries if e.name.startswith(prefix) and e.is_file())
+        try:
+            with os.scandir(self._path(bucket, "x").parent) as entries:
+                found = sorted(e.name for e in entries if e.name.startswith(prefix) and e.is_file())
+        except OSError as exc:
+            raise StorageError(f"could not list {bucket}: {exc}") from exc
         yield from found
 
     def remove(self, bucket: str, name: str) -> None:

@@ -124,15 +124,22 @@ class Worker:
 
     # --- the loop --------------------------------------------------------------------------
     def _beat(self) -> None:
+        """The heartbeat thread; it also gives back dead workers' jobs, watches this worker's job and sweeps expired songs.
+        Nothing may end it but the worker stopping: without it, the worker would look dead while it works."""
         while not self.stopping.wait(max(1.0, self.settings.heartbeat_ttl_s / 3)):
             try:
                 self.jobs.heartbeat(self.name)
                 self.jobs.publish_models(self.name, self.published)  # refreshed, so it expires only with the worker
-                self._requeue_orphans()
-                self._watchdog()
-                self.retention.sweep()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+                continue
+            for duty in (self._requeue_orphans, self._watchdog, self.retention.sweep):
+                try:
+                    duty()
+                except (redis.RedisError, storage.StorageError) as exc:
+                    log.warning("%s failed: %s", duty.__name__.strip("_"), exc)
+                except Exception:
+                    log.exception("%s failed", duty.__name__.strip("_"))
 
     def _watchdog(self) -> None:
         """The heartbeat says the process lives; this says its job moves. A job whose progress has not moved for
@@ -353,6 +360,7 @@ class Worker:
             except redis.RedisError as exc:
                 log.warning("redis unavailable (%s); recording the job's end again in %.0f s", exc, delay)
                 time.sleep(delay)
+                self.moved_at = time.monotonic()  # waiting for redis is not the job stalling
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
     def _download(self, job: Job, tmp: Path, progress) -> Path:

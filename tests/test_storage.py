@@ -61,3 +61,20 @@ def test_open_store_picks_the_backend_from_settings(tmp_path):
 
     assert isinstance(storage.open_store(Settings(storage_dir=tmp_path)), storage.LocalStore)
     assert isinstance(storage.open_store(Settings(minio_host="minio:9000")), storage.S3Store)
+
+
+def test_names_lists_the_objects_that_start_with_a_prefix(store, tmp_path):
+    src = tmp_path / "x"
+    src.write_bytes(b"abc")
+    for name in ("h-vocals.mp3", "h-drums.mp3", "g-vocals.mp3"):
+        store.put_file(storage.OUTPUT_BUCKET, name, src, "audio/mpeg")
+    assert sorted(store.names(storage.OUTPUT_BUCKET, "h-")) == ["h-drums.mp3", "h-vocals.mp3"]
+    assert list(store.names(storage.QUEUE_BUCKET, "h")) == []
+
+
+def test_s3_buckets_get_a_lifecycle_rule_a_day_past_the_retention(s3_endpoint):
+    st = storage.S3Store(s3_endpoint, "testing", "testing", retention_s=2.5 * 86400)
+    st.ensure_buckets()
+    for bucket in storage.BUCKETS:
+        (rule,) = st.client.get_bucket_lifecycle(bucket).rules
+        assert rule.expiration.days == 4 and rule.status == "Enabled"
