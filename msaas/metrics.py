@@ -34,6 +34,9 @@ class QueueCollector:
         dead = GaugeMetricFamily("msaas_dead_letters", "Jobs in the dead-letter list")
         dead.add_metric([], r.llen(keys.DEAD))
         yield dead
+        callbacks = GaugeMetricFamily("msaas_callbacks_pending", "Callbacks in the outbox, due or waiting to be retried")
+        callbacks.add_metric([], r.zcard(keys.OUTBOX))
+        yield callbacks
 
 
 def rest_metrics(jobs: JobQueue) -> bytes:

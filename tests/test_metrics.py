@@ -20,7 +20,7 @@ def samples(text: str) -> dict:
 def test_rest_reports_the_queue_and_ended_jobs(live_app, song):
     jobs = live_app.backends.jobs
     for h in ("a", "b", "c"):
-        jobs.submit(Job(h, "tiny"))
+        jobs.submit(Job(h, "tiny", {"url": "http://example.com/hook", "data": None}))
     jobs.finish("w", jobs.claim("w", 1), ["vocals"])
     jobs.fail("w", jobs.claim("w", 1), "broken", retry=False)
     r = requests.get(f"{live_app.url}/metrics", timeout=5)
@@ -29,6 +29,7 @@ def test_rest_reports_the_queue_and_ended_jobs(live_app, song):
     assert seen[("msaas_queue_length", ())] == 1
     assert seen[("msaas_jobs_ended", (("state", "done"),))] == 1 and seen[("msaas_jobs_ended", (("state", "failed"),))] == 1
     assert seen[("msaas_dead_letters", ())] == 1 and seen[("msaas_workers", ())] == 1
+    assert seen[("msaas_callbacks_pending", ())] == 2  # one for the job done, one for the job failed
 
 
 def test_a_worker_serves_its_own_counters(settings, redis_client, song):
