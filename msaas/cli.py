@@ -17,7 +17,7 @@ from .config import ConfigError, Settings
 def _connect(settings: Settings):
     from .jobs import connect
 
-    return connect(settings.redis_url)
+    return connect(settings.redis_url, settings.redis_password)
 
 
 def cmd_rest(settings: Settings, args) -> int:
@@ -78,7 +78,7 @@ def cmd_fetch_model(settings: Settings, args) -> int:
 def _client(args):
     from .client import Client
 
-    return Client(args.server or os.environ.get("REST") or "localhost:5000", api_key=os.environ.get("MSAAS_API_KEY"))
+    return Client(args.server or os.environ.get("REST") or "localhost:5000", api_key=args.key or os.environ.get("MSAAS_API_KEY"))
 
 
 def progress_line(name: str, status: dict, width: int = 30) -> str:
@@ -173,6 +173,7 @@ def parser() -> argparse.ArgumentParser:
         cmd.set_defaults(run=fn)
     for cmd in (sep, *[sub.choices[n] for n in ("status", "queue")]):
         cmd.add_argument("--server", help="host:port or URL of the REST server (default $REST or localhost:5000)")
+        cmd.add_argument("--key", help="the API key, when the server wants one (default $MSAAS_API_KEY)")
     return p
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
+
+SAFE_TRACK = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # what a track may be called: never a path
+SAFE_EXT = ("mp3", "wav", "flac")
 
 
 class ApiError(RuntimeError):
@@ -85,4 +89,7 @@ class Client:
         if status["state"] != "done":
             raise ApiError(422, f"separation of {path} failed: {status.get('error')}")
         ext = status["options"].get("format", "mp3")
+        unsafe = [t for t in status["tracks"] if not isinstance(t, str) or not SAFE_TRACK.match(t)]
+        if unsafe or ext not in SAFE_EXT:
+            raise ApiError(502, f"the server named stems that would not stay in {out_dir}: {unsafe or ext!r}; nothing written")
         return {t: self.download(songhash, t, out_dir / Path(path).stem / f"{t}.{ext}") for t in status["tracks"]}

@@ -60,6 +60,23 @@ def _callback_secret(value: str | None) -> str | None:
     return value.strip()
 
 
+def _rate_limit(value: str | None) -> str | None:
+    """flask-limiter's syntax, checked here so that a typo stops rest at start rather than at the first upload."""
+    if not value or not value.strip():
+        return None
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"RATE_LIMIT must be like 30/minute;500/day, not {value!r}") from None
+    return value.strip()
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://localhost:6379/0"
@@ -96,6 +113,10 @@ class Settings:
     max_stems_bytes: int = 2048 * 1024 * 1024  # songs whose stems would take more than this are refused
     max_uploads: int = 4  # uploads one rest process takes at once; more get 503 with Retry-After
     redis_maxmemory: str = "256mb"  # the embedded redis-server's memory bound (`msaas up`; manifests set their own)
+    redis_password: str | None = None  # Redis's requirepass (from the Secret in clusters)
+    host: str | None = None  # the address rest binds; None: each command's default (0.0.0.0 for `msaas rest`, loopback for `up`)
+    rate_limit: str | None = None  # uploads per key (or client address), flask-limiter syntax: "30/minute;500/day"
+    max_queued_per_key: int = 20  # songs one API key may have waiting at once (with API_KEYS set)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +164,10 @@ class Settings:
             max_stems_bytes=int(_number(env, "MAX_STEMS_MB", 2048) * 1024 * 1024),
             max_uploads=max(1, int(_number(env, "MAX_UPLOADS", cls.max_uploads))),
             redis_maxmemory=env.get("REDIS_MAXMEMORY") or cls.redis_maxmemory,
+            redis_password=env.get("REDIS_PASSWORD") or None,
+            host=env.get("HOST") or None,
+            rate_limit=_rate_limit(env.get("RATE_LIMIT")),
+            max_queued_per_key=max(1, int(_number(env, "MAX_QUEUED_PER_KEY", cls.max_queued_per_key))),
         )
 
     def with_(self, **changes) -> Settings:
@@ -176,7 +201,11 @@ class Settings:
             "MAX_STEMS_MB": repr(self.max_stems_bytes / (1024 * 1024)),
             "MAX_UPLOADS": str(self.max_uploads),
             "REDIS_MAXMEMORY": self.redis_maxmemory,
+            "MAX_QUEUED_PER_KEY": str(self.max_queued_per_key),
         }
+        for name, value in (("REDIS_PASSWORD", self.redis_password), ("HOST", self.host), ("RATE_LIMIT", self.rate_limit)):
+            if value:
+                env[name] = value
         if self.torch_home:
             env["TORCH_HOME"] = str(self.torch_home)
         if self.api_keys:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import requests
 
 from . import models, redisproc
-from .config import Settings
+from .config import Settings, is_loopback
 
 log = logging.getLogger("msaas.up")
 COMPONENTS = ("logs", "rest", "worker")
@@ -52,6 +52,13 @@ def choose_default_model(settings: Settings) -> tuple[str, str | None]:
     )
 
 
+def local_url(settings: Settings) -> str:
+    """Where this machine reaches the stack's rest."""
+    host = settings.host or "127.0.0.1"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+
+
 class Stack:
     def __init__(self, settings: Settings, root: Path):
         self.settings = settings
@@ -65,7 +72,9 @@ class Stack:
     def start(self) -> None:
         port = urlparse(self.settings.redis_url).port or 6379
         log.info("starting redis-server on port %d (data in %s)", port, self.root / "redis")
-        self.redis = redisproc.start(port, self.root / "redis", maxmemory=self.settings.redis_maxmemory)
+        self.redis = redisproc.start(
+            port, self.root / "redis", maxmemory=self.settings.redis_maxmemory, password=self.settings.redis_password
+        )
         self.env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         self.env.pop("MINIO_HOST", None)
         for name in COMPONENTS:
@@ -89,7 +98,7 @@ class Stack:
             self._spawn("worker")
 
     def wait_ready(self, timeout_s: float = 60) -> bool:
-        url = f"http://127.0.0.1:{self.settings.port}/readyz"
+        url = f"{local_url(self.settings)}/readyz"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.stopping.is_set():
             try:
@@ -134,7 +143,11 @@ class Stack:
 
 def up(settings: Settings, root: Path, try_files: list[Path], out_dir: Path) -> int:
     model, note = choose_default_model(settings)
-    settings = settings.with_(demucs_model=model, callback_allow_private=True, log_stdout=False)
+    # Loopback unless HOST says otherwise: on a laptop in a café the stack is not an open service. Callbacks to private
+    # addresses are allowed only then (they are the user's own); once it listens beyond loopback the filter is on.
+    host = settings.host or "127.0.0.1"
+    private = settings.callback_allow_private or is_loopback(host)
+    settings = settings.with_(host=host, demucs_model=model, callback_allow_private=private, log_stdout=False)
     if note:
         log.warning(note)
     stack = Stack(settings, root)
@@ -146,7 +159,7 @@ def up(settings: Settings, root: Path, try_files: list[Path], out_dir: Path) -> 
         if not stack.wait_ready():
             log.error("the stack did not come up: %s", stack.failed() or "rest never answered")
             return 1
-        log.info("MSaaS is up: http://localhost:%d (model %s); Ctrl-C stops it", settings.port, model)
+        log.info("MSaaS is up: %s (model %s); Ctrl-C stops it", local_url(settings), model)
         for song in try_files:
             _try(settings, song, out_dir)
         while not stack.stopping.wait(0.5):
@@ -172,7 +185,8 @@ def _try(settings: Settings, song: Path, out_dir: Path) -> None:
             log.info("%s: %s", song.name, line)
 
     try:
-        stems = Client(f"localhost:{settings.port}").separate(song, out_dir, on_status=show)
+        key = settings.api_keys[0] if settings.api_keys else None
+        stems = Client(local_url(settings), api_key=key).separate(song, out_dir, on_status=show)
     except Exception as exc:
         log.error("separating %s failed: %s", song, exc)
         return

@@ -104,8 +104,11 @@ return done
 PARTS_SHARE = 0.9  # of a split job's progress; the stitch takes the rest
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+def connect(url: str, password: str | None = None) -> redis.Redis:
+    """A client for MSaaS's Redis; `password` (REDIS_PASSWORD) unless the URL holds one."""
+    return redis.Redis.from_url(
+        url, password=password, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
+    )
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class Job:
     raw: str = ""
     part: int | None = None
     stitch: bool = False
+    tenant: str | None = None  # the API key's id when keys are on: whose song it is
 
     @property
     def whole(self) -> bool:
@@ -138,6 +142,8 @@ class Job:
             body["part"] = self.part
         if self.stitch:
             body["stitch"] = True
+        if self.tenant:
+            body["tenant"] = self.tenant
         return json.dumps(body, sort_keys=True)
 
     def task(self, **which) -> Job:
@@ -153,7 +159,7 @@ class Job:
         if not isinstance(body, dict):
             raise BadMessage("not a JSON object")
         songhash, model, callback = body.pop("songhash", None), body.pop("model", None), body.pop("callback", None)
-        part, stitch = body.pop("part", None), body.pop("stitch", False)
+        part, stitch, tenant = body.pop("part", None), body.pop("stitch", False), body.pop("tenant", None)
         if not isinstance(songhash, str) or not _SONGHASH.match(songhash):
             raise BadMessage("no songhash")
         if not isinstance(model, str) or not model:
@@ -162,7 +168,9 @@ class Job:
             raise BadMessage("a callback without a url")
         if part is not None and (type(part) is not int or part < 0):
             raise BadMessage("a part that is not a number")
-        return cls(songhash, model, callback, body, raw, part, bool(stitch))
+        if tenant is not None and not isinstance(tenant, str):
+            raise BadMessage("a tenant that is not a string")
+        return cls(songhash, model, callback, body, raw, part, bool(stitch), tenant)
 
 
 _SONGHASH = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
@@ -194,6 +202,8 @@ class JobQueue:
             "updated": now,
             "attempts": 0,
         }
+        if job.tenant:
+            record["tenant"] = job.tenant
         fields = [item for pair in record.items() for item in pair]
         return self._submit(keys=[keys.job_key(job.songhash), keys.QUEUE], args=[job.to_message(), *fields])
 
@@ -220,14 +230,16 @@ class JobQueue:
         raw = self.r.hget(keys.job_key(songhash), "plan")
         return json.loads(raw) if raw else None
 
-    def queued(self) -> list[str]:
-        """Songhashes waiting, oldest first (rest pushes on the left, workers take from the right)."""
+    def queued(self, tenant: str | None = None) -> list[str]:
+        """One tenant's songhashes waiting, oldest first (rest pushes on the left, workers take from the right)."""
         waiting = []
         for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1)):
             try:
-                waiting.append(Job.from_message(raw).songhash)
+                job = Job.from_message(raw)
             except BadMessage:
                 continue  # a worker dead-letters it when it comes up
+            if job.tenant == tenant:
+                waiting.append(job.songhash)
         return list(dict.fromkeys(waiting))  # a split song's parts are one song
 
     def forget_track(self, songhash: str, track: str) -> bool:
@@ -482,25 +494,28 @@ class JobQueue:
         return merged
 
 
-def songhash(model: str, options: dict, data: bytes) -> str:
-    """SHA-224 of the model name, the other choices and the song's bytes: the same request is the same job."""
-    digest = _choices_digest(model, options)
+def songhash(model: str, options: dict, data: bytes, tenant: str | None = None) -> str:
+    """SHA-224 of the model name, the other choices and the song's bytes: the same request is the same job. With API
+    keys on, the key's tenant id is hashed too: the same song sent with two keys is two songs, one per tenant."""
+    digest = _choices_digest(model, options, tenant)
     digest.update(data)
     return digest.hexdigest()
 
 
-def songhash_of_file(model: str, options: dict, path, block: int = 1 << 20) -> str:
+def songhash_of_file(model: str, options: dict, path, tenant: str | None = None, block: int = 1 << 20) -> str:
     """`songhash` of a song on disk, read block by block."""
-    digest = _choices_digest(model, options)
+    digest = _choices_digest(model, options, tenant)
     with open(path, "rb") as song:
         while chunk := song.read(block):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _choices_digest(model: str, options: dict):
+def _choices_digest(model: str, options: dict, tenant: str | None):
     digest = hashlib.sha224(model.encode())
     for name in sorted(options):
         digest.update(f"\0{name}={options[name]}".encode())
+    if tenant:
+        digest.update(f"\0\0tenant={tenant}".encode())
     digest.update(b"\0")
     return digest

@@ -28,7 +28,12 @@ def binary() -> str:
 
 
 def start(
-    port: int, data_dir: Path, persist: bool = True, bind: str = "127.0.0.1", maxmemory: str | None = None
+    port: int,
+    data_dir: Path,
+    persist: bool = True,
+    bind: str = "127.0.0.1",
+    maxmemory: str | None = None,
+    password: str | None = None,
 ) -> subprocess.Popen:
     """Start redis-server in the foreground of a child process and wait until it answers.
 
@@ -51,10 +56,16 @@ def start(
     ]
     if maxmemory:
         args += ["--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"]
+    if password:  # in a file only this user reads, not on the command line where `ps` shows it
+        conf = data_dir / "msaas-auth.conf"
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        conf.write_text(f"requirepass {_quoted(password)}\n")
+        args.insert(1, str(conf.resolve()))
     if persist:  # queued and running jobs survive a restart
         args += ["--appendonly", "yes", "--appendfsync", "everysec"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=1)
+    client = redis.Redis(port=port, password=password, socket_connect_timeout=1)
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -69,3 +80,12 @@ def start(
             time.sleep(0.05)
         finally:
             client.close()
+
+
+def _quoted(value: str) -> str:
+    """A string as redis.conf reads it: double-quoted, with \\", \\\\ and \\xHH escapes."""
+    out = []
+    for byte in value.encode():
+        char = chr(byte)
+        out.append("\\" + char if char in '"\\' else char if 32 <= byte < 127 else f"\\x{byte:02x}")
+    return '"' + "".join(out) + '"'

@@ -333,3 +333,65 @@ def test_a_full_redis_is_507_and_nothing_is_half_written(settings, song, tmp_pat
         live.close()
         server.terminate()
         server.wait()
+
+
+def keyed_app(settings, redis_client, **changes):
+    from conftest import LiveApp
+    from msaas.rest import create_app
+
+    settings = settings.with_(api_keys=("key-one", "key-two"), **changes)
+    return LiveApp(create_app(settings, redis_client, storage.LocalStore(settings.storage_dir)), settings.port)
+
+
+def as_key(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_each_key_is_a_tenant_that_cannot_see_list_or_remove_another_keys_songs(settings, redis_client, song):
+    live = keyed_app(settings, redis_client)
+    try:
+        one = post_json(live, {"mp3": b64(song)}, headers=as_key("key-one")).json()["hash"]
+        two = post_json(live, {"mp3": b64(song)}, headers=as_key("key-two")).json()["hash"]
+        assert one != two and one != songhash(settings.demucs_model, {}, song.read_bytes())  # the key's id is in the hash
+        again = post_json(live, {"mp3": b64(song)}, headers=as_key("key-one")).json()
+        assert again["hash"] == one and "not separated again" in again["reason"]  # dedupe within a key
+        live.backends.jobs.finish("w", live.backends.jobs.claim("w", 1), ["vocals"])  # key one's song is done
+        (live.backends.settings.storage_dir / "output" / f"{one}-vocals.mp3").write_bytes(b"stem")
+        get = lambda path, key: requests.get(f"{live.url}{path}", headers=as_key(key), timeout=10)  # noqa: E731
+        assert get("/apiv1/queue", "key-one").json() == {"queue": []}
+        assert get("/apiv1/queue", "key-two").json() == {"queue": [two]}
+        for path in (f"/apiv1/status/{one}", f"/apiv1/track/{one}/vocals", f"/apiv1/zip/{one}", f"/apiv1/remove/{one}/vocals"):
+            assert get(path, "key-two").status_code == 404, path
+        r = requests.delete(f"{live.url}/apiv1/track/{one}/vocals", headers=as_key("key-two"), timeout=10)
+        assert r.status_code == 404 and (live.backends.settings.storage_dir / "output" / f"{one}-vocals.mp3").exists()
+        status = get(f"/apiv1/status/{one}", "key-one").json()
+        assert status["state"] == "done" and "tenant" not in status
+        assert get(f"/apiv1/track/{one}/vocals", "key-one").content == b"stem"
+    finally:
+        live.close()
+
+
+def test_uploads_past_the_rate_limit_get_429_with_retry_after_counted_per_key(settings, redis_client, tmp_path):
+    live = keyed_app(settings, redis_client, rate_limit="2/minute")
+    try:
+        songs = [b64(make_song(tmp_path / f"s{i}.mp3", seconds=1, seed=30 + i)) for i in range(4)]
+        assert [post_json(live, {"mp3": songs[i]}, headers=as_key("key-one")).status_code for i in range(2)] == [200, 200]
+        r = post_json(live, {"mp3": songs[2]}, headers=as_key("key-one"))
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0 and "RATE_LIMIT" in r.json()["error"]
+        assert post_json(live, {"mp3": songs[3]}, headers=as_key("key-two")).status_code == 200  # another key's count
+        assert requests.get(f"{live.url}/apiv1/queue", headers=as_key("key-one"), timeout=5).status_code == 200  # polls free
+        assert len(live.backends.jobs.queued("x")) == 0 and redis_client.llen(keys.QUEUE) == 3
+    finally:
+        live.close()
+
+
+def test_a_key_may_have_only_so_many_songs_waiting(settings, redis_client, tmp_path):
+    live = keyed_app(settings, redis_client, max_queued_per_key=2)
+    try:
+        songs = [b64(make_song(tmp_path / f"s{i}.mp3", seconds=1, seed=40 + i)) for i in range(3)]
+        assert [post_json(live, {"mp3": s}, headers=as_key("key-one")).status_code for s in songs[:2]] == [200, 200]
+        r = post_json(live, {"mp3": songs[2]}, headers=as_key("key-one"))
+        assert r.status_code == 429 and "MAX_QUEUED_PER_KEY" in r.json()["error"] and r.headers["Retry-After"]
+        assert post_json(live, {"mp3": songs[2]}, headers=as_key("key-two")).status_code == 200
+    finally:
+        live.close()

@@ -41,10 +41,10 @@ def backends() -> Backends:
 def create_app(
     settings: Settings | None = None, client: redis.Redis | None = None, store: storage.ObjectStore | None = None
 ) -> Flask:
-    from . import api, errors, uploads, web
+    from . import api, auth, errors, uploads, web
 
     settings = settings or Settings.from_env()
-    client = client or jobs.connect(settings.redis_url)
+    client = client or jobs.connect(settings.redis_url, settings.redis_password)
     app = Flask(__name__)
     app.request_class = uploads.UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + ENVELOPE_BYTES
@@ -60,4 +60,5 @@ def create_app(
     errors.register(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
+    auth.limit_uploads(app, "api.separate", settings.rate_limit, client)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import io
 import logging
 import re
@@ -10,11 +9,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from .. import audio, callbacks, models, storage
 from ..jobs import Job, JobState, songhash_of_file
-from . import backends, uploads
+from . import auth, backends, uploads
 from .errors import ApiError
 
 log = logging.getLogger("msaas.rest")
@@ -23,15 +22,8 @@ bp = Blueprint("api", __name__, url_prefix="/apiv1")
 
 @bp.before_request
 def authenticate():
-    """With API_KEYS set, every /apiv1 request needs `Authorization: Bearer <one of them>`."""
-    keys = backends().settings.api_keys
-    if not keys or request.endpoint == "api.openapi":
-        return None
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), k.encode()) for k in keys):
-        return None
-    response = jsonify({"error": "an API key is required: send the header Authorization: Bearer <key>"})
-    return response, 401, {"WWW-Authenticate": 'Bearer realm="msaas"'}
+    """With API_KEYS set, every /apiv1 request needs `Authorization: Bearer <one of them>`; each key is a tenant."""
+    g.tenant = None if request.endpoint in auth.UNAUTHENTICATED else auth.authenticate(backends().settings.api_keys)
 
 
 SONGHASH = re.compile(r"^[0-9a-f]{56}$")
@@ -114,16 +106,23 @@ def _enqueue(b, upload: uploads.Upload):
     if not upload.size:
         raise ApiError(400, "the song is empty")
     model, options, callback = _choices(upload.fields)
-    songhash = songhash_of_file(model, options, upload.path)
+    songhash = songhash_of_file(model, options, upload.path, g.tenant)
     existing = b.jobs.status(songhash)
     if existing and existing["state"] != JobState.FAILED:
         return jsonify({"hash": songhash, "reason": f"Song already {existing['state']}; not separated again"})
+    if g.tenant and len(b.jobs.queued(g.tenant)) >= b.settings.max_queued_per_key:
+        raise ApiError(
+            429,
+            f"this key already has {b.settings.max_queued_per_key} songs waiting (MAX_QUEUED_PER_KEY); "
+            "send more once some have started",
+            {"Retry-After": "30"},
+        )
     info = _probe(b, upload.path, model, options)
     b.ensure_store()
     name = storage.upload_name(songhash)
     b.store.put_file(storage.QUEUE_BUCKET, name, upload.path, "audio/mpeg")
     try:
-        state = b.jobs.submit(Job(songhash, model, callback, options))
+        state = b.jobs.submit(Job(songhash, model, callback, options, tenant=g.tenant))
     except Exception:
         b.store.remove(storage.QUEUE_BUCKET, name)  # nothing half-done is left behind
         raise
@@ -186,14 +185,15 @@ def _size(n: int) -> str:
 
 @bp.get("/queue")
 def queue():
-    return jsonify({"queue": backends().jobs.queued()})
+    """The caller's songs waiting (with API keys, each key sees its own)."""
+    return jsonify({"queue": backends().jobs.queued(g.tenant)})
 
 
 def _song(songhash: str) -> dict:
     if not SONGHASH.match(songhash):
         raise ApiError(404, "unknown song: a song's hash is 56 hexadecimal characters")
     record = backends().jobs.status(songhash)
-    if record is None:
+    if record is None or record.pop("tenant", None) != g.tenant:  # another key's song is no song at all to this one
         raise ApiError(404, f"unknown song {songhash}")
     return record
 

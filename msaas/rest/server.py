@@ -12,7 +12,7 @@ class RestServer(BaseApplication):
     def __init__(self, settings: Settings, workers: int = 2, threads: int = 8):
         self.settings = settings
         self.options = {
-            "bind": f"0.0.0.0:{settings.port}",
+            "bind": f"{settings.host or '0.0.0.0'}:{settings.port}",  # the images listen on every interface
             "workers": workers,
             "worker_class": "gthread",
             "threads": threads,
