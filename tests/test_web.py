@@ -78,3 +78,41 @@ def test_a_song_is_separated_played_and_mixed_in_the_browser(settings, redis_cli
         shutil.copy(shot, ROOT / "var" / "mixer.png")  # for a person to look at (var/ is not in git)
         browser.close()
     assert errors == []
+
+
+def test_the_page_asks_for_a_key_when_the_server_wants_one_and_then_works(settings, redis_client, processes, tmp_path):
+    import zipfile
+
+    from playwright.sync_api import sync_playwright
+
+    settings = settings.with_(api_keys=("page-key",))
+    processes.append(msaas_process("worker", settings))
+    rest = msaas_process("rest", settings)
+    processes.append(rest)
+    url = f"http://127.0.0.1:{settings.port}"
+    wait_http(f"{url}/readyz", proc=rest)
+    song = make_song(tmp_path / "keyed.mp3", seconds=2)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#keybox:not([hidden])")  # the models call was refused: the page asks
+        assert page.locator("#model option").count() == 0
+        page.fill("#key", "page-key")
+        page.click("#usekey")
+        page.wait_for_selector("#model option[value=tiny]", state="attached")
+        assert page.is_hidden("#keybox") and page.evaluate("localStorage.getItem('msaas.key')") == "page-key"
+        page.set_input_files("#file", str(song))
+        page.click("#send")
+        page.wait_for_selector("#mixer:not([hidden])", timeout=180_000)
+        assert page.evaluate("msaasMixer.stems.length") == 4  # the stems were fetched with the key
+        with page.expect_download() as download:
+            page.click("#zip")
+        path = tmp_path / "stems.zip"
+        download.value.save_as(path)
+        assert sorted(zipfile.ZipFile(path).namelist()) == ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]
+        page.reload()  # the key is remembered
+        page.wait_for_selector("#model option[value=tiny]", state="attached")
+        assert page.is_hidden("#keybox")
+        browser.close()

@@ -2,12 +2,58 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const api = (path, options) => fetch(path, options).then(async (r) => {
+const RECENT = "msaas.recent";
+const KEY = "msaas.key"; // the API key, when the server wants one: kept in this browser, sent with every request
+
+const withKey = (options = {}) => {
+  const key = localStorage.getItem(KEY);
+  return key ? { ...options, headers: { ...options.headers, Authorization: `Bearer ${key}` } } : options;
+};
+const fetchWithKey = (path, options) => fetch(path, withKey(options)).then((r) => {
+  if (r.status === 401) askForKey();
+  return r;
+});
+const api = (path, options) => fetchWithKey(path, options).then(async (r) => {
   const body = r.headers.get("content-type")?.includes("json") ? await r.json() : null;
   if (!r.ok) throw new Error(body?.error || `HTTP ${r.status}`);
   return body;
 });
-const RECENT = "msaas.recent";
+
+// ---- the API key ----------------------------------------------------------------------------
+function askForKey() {
+  $("keybox").hidden = false;
+  $("key").focus();
+}
+
+function saveKey(event) {
+  event.preventDefault();
+  const key = $("key").value.trim();
+  if (!key) return;
+  localStorage.setItem(KEY, key);
+  $("key").value = "";
+  $("keybox").hidden = true;
+  say("");
+  $("model").replaceChildren();
+  loadModels().catch((err) => say(err.message, true));
+}
+
+// A link the browser follows itself sends no header: with a key, download through fetch and hand over the bytes.
+async function download(url, name) {
+  const r = await fetchWithKey(url);
+  if (!r.ok) return say(`download failed: HTTP ${r.status}`, true);
+  const link = Object.assign(document.createElement("a"), { href: URL.createObjectURL(await r.blob()), download: name });
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+}
+
+function keyedLink(link, url, name) {
+  link.href = url;
+  link.onclick = (e) => {
+    if (!localStorage.getItem(KEY)) return; // no key: the browser downloads it as any link
+    e.preventDefault();
+    download(url, name);
+  };
+}
 
 // ---- upload ---------------------------------------------------------------------------------
 let chosen = null;
@@ -118,10 +164,10 @@ const mixer = {
     this.master = this.master || this.ctx.createGain();
     this.master.connect(this.ctx.destination);
     const ext = status.options?.format || "mp3";
-    $("zip").href = `/apiv1/zip/${hash}`;
+    keyedLink($("zip"), `/apiv1/zip/${hash}`, `${hash.slice(0, 12)}-stems.zip`);
     this.stems = await Promise.all(status.tracks.map(async (track) => {
       const url = `/apiv1/track/${hash}/${track}`;
-      const data = await fetch(url).then((r) => r.arrayBuffer());
+      const data = await fetchWithKey(url).then((r) => r.arrayBuffer());
       const buffer = await this.ctx.decodeAudioData(data);
       const gain = this.ctx.createGain();
       gain.connect(this.master);
@@ -147,7 +193,8 @@ const mixer = {
       };
       const volume = Object.assign(document.createElement("input"), { type: "range", min: 0, max: 1.5, step: 0.01, value: 1, className: "volume" });
       volume.oninput = () => { stem.volume = Number(volume.value); this.apply(); };
-      const link = Object.assign(document.createElement("a"), { href: stem.url, textContent: "download", download: `${stem.track}.${stem.ext}` });
+      const link = Object.assign(document.createElement("a"), { textContent: "download", download: `${stem.track}.${stem.ext}` });
+      keyedLink(link, stem.url, `${stem.track}.${stem.ext}`);
       const cells = [stem.track, button("Mute", "muted"), button("Solo", "solo"), volume, link].map((content) => {
         const td = document.createElement("td");
         if (typeof content === "string") { td.textContent = content; td.className = "name"; } else td.append(content);
@@ -231,6 +278,7 @@ $("drop").ondragover = (e) => { e.preventDefault(); $("drop").classList.add("ove
 $("drop").ondragleave = () => $("drop").classList.remove("over");
 $("drop").ondrop = (e) => { e.preventDefault(); $("drop").classList.remove("over"); choose(e.dataTransfer.files[0]); };
 $("send").onclick = send;
+$("keybox").onsubmit = saveKey;
 $("play").onclick = () => (mixer.playing ? mixer.pause() : mixer.play());
 $("stop").onclick = () => mixer.stop();
 $("seek").oninput = (e) => mixer.seek(Number(e.target.value));
