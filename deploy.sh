@@ -15,5 +15,9 @@ k apply -k "$OVERLAY"
 for d in redis minio rest worker logs; do
   k rollout status "deployment/$d" --timeout=300s
 done
-echo "MSaaS is up. Try it: kubectl port-forward service/rest 5000:5000 & REST=localhost:5000 python sample-requests.py"
+k wait --for=condition=complete job/minio-setup --timeout=300s >/dev/null
+echo "MSaaS is up, closed by default: every /apiv1 request needs the API key."
+echo "Try it: kubectl port-forward service/rest 5000:5000 &"
+echo "  export MSAAS_API_KEY=\"\$(kubectl get secret msaas-secrets -o jsonpath='{.data.API_KEYS}' | base64 -d | cut -d, -f1)\""
+echo "  REST=localhost:5000 python sample-requests.py"
 echo "Logs of the whole system: kubectl logs -f deployment/logs"

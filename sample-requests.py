@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Sends every song in data/ to the REST server, as the course's sample client does, then shows the queue.
 
-REST names the server (host:port or URL); default localhost:5000. Needs only `requests`.
+REST names the server (host:port or URL); default localhost:5000. MSAAS_API_KEY, when the server wants a key (a cluster
+deployed with deploy.sh does). Needs only `requests`.
 """
 
 import base64
@@ -15,6 +16,8 @@ import requests
 REST = os.getenv("REST") or "localhost:5000"
 BASE = REST if "://" in REST else f"http://{REST}"
 PATTERN = "data/*.mp3"
+KEY = os.getenv("MSAAS_API_KEY")
+HEADERS = {"Authorization": f"Bearer {KEY}"} if KEY else {}
 
 
 def mk_req(method, endpoint, data=None, verbose=True):
@@ -22,7 +25,7 @@ def mk_req(method, endpoint, data=None, verbose=True):
     if verbose and data is not None:
         print(f"Make request {url} with json {list(data.keys())}")
         print(f"mp3 is of type {type(data['mp3'])} and length {len(data['mp3'])}")
-    response = method(url, json=data, timeout=300)
+    response = method(url, json=data, headers=HEADERS, timeout=300)
     if response.status_code == 200:
         print(json.dumps(response.json(), indent=4, sort_keys=True))
         return response.json()

@@ -21,6 +21,14 @@ MP3_RATES = lame.RATES  # an MP3 stem keeps its song's sample rate, which must b
 DEFAULT_BITRATE = 320
 
 
+# FFmpeg opens only what MSaaS accepts, and only from the file it is given: the demuxers of MP3, WAV, FLAC, OGG and
+# MP4/M4A (FFmpeg's `mov`), no protocol but `file` (a playlist or a reference inside a file cannot make it fetch a URL or
+# open another file), and no MP4 external data references. Untrusted bytes meet as little of FFmpeg as they can.
+DEMUXERS = "mp3,wav,flac,ogg,mov"
+OPEN_OPTIONS = {"format_whitelist": DEMUXERS, "protocol_whitelist": "file", "enable_drefs": "0"}
+MAX_CHANNELS = 8  # more is not a song; a header claiming hundreds would make every block that much larger
+
+
 class NotAudio(ValueError):
     """The bytes are not audio that FFmpeg can decode."""
 
@@ -50,7 +58,7 @@ class Decoder:
 
     def __init__(self, path: Path, max_duration_s: float | None = None):
         try:
-            self.container = av.open(str(path), "r")
+            self.container = av.open(str(path), "r", options=OPEN_OPTIONS)
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise NotAudio(f"not an audio file FFmpeg can read ({exc.__class__.__name__})") from None
         if not self.container.streams.audio:
@@ -63,6 +71,9 @@ class Decoder:
         if not self.rate or not self.channels:
             self.container.close()
             raise NotAudio("the audio stream has no sample rate or channels")
+        if self.channels > MAX_CHANNELS:
+            self.container.close()
+            raise NotAudio(f"the audio has {self.channels} channels; MSaaS takes songs of up to {MAX_CHANNELS}")
         self.max_duration_s = max_duration_s
         claimed = float(self.container.duration / av.time_base) if self.container.duration else None
         self.claimed_s = claimed

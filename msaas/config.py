@@ -116,7 +116,7 @@ class Settings:
     redis_password: str | None = None  # Redis's requirepass (from the Secret in clusters)
     host: str | None = None  # the address rest binds; None: each command's default (0.0.0.0 for `msaas rest`, loopback for `up`)
     rate_limit: str | None = None  # uploads per key (or client address), flask-limiter syntax: "30/minute;500/day"
-    max_queued_per_key: int = 20  # songs one API key may have waiting at once (with API_KEYS set)
+    max_queued_songs: int = 20  # songs one API key may have waiting at once (with API_KEYS set)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -167,7 +167,7 @@ class Settings:
             redis_password=env.get("REDIS_PASSWORD") or None,
             host=env.get("HOST") or None,
             rate_limit=_rate_limit(env.get("RATE_LIMIT")),
-            max_queued_per_key=max(1, int(_number(env, "MAX_QUEUED_PER_KEY", cls.max_queued_per_key))),
+            max_queued_songs=max(1, int(_number(env, "MAX_QUEUED_SONGS", cls.max_queued_songs))),
         )
 
     def with_(self, **changes) -> Settings:
@@ -201,7 +201,7 @@ class Settings:
             "MAX_STEMS_MB": repr(self.max_stems_bytes / (1024 * 1024)),
             "MAX_UPLOADS": str(self.max_uploads),
             "REDIS_MAXMEMORY": self.redis_maxmemory,
-            "MAX_QUEUED_PER_KEY": str(self.max_queued_per_key),
+            "MAX_QUEUED_SONGS": str(self.max_queued_songs),
         }
         for name, value in (("REDIS_PASSWORD", self.redis_password), ("HOST", self.host), ("RATE_LIMIT", self.rate_limit)):
             if value:

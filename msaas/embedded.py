@@ -52,6 +52,14 @@ def choose_default_model(settings: Settings) -> tuple[str, str | None]:
     )
 
 
+def stack_settings(settings: Settings, model: str) -> Settings:
+    """Loopback unless HOST says otherwise: on a laptop in a café the stack is not an open service. Callbacks to private
+    addresses are allowed only then (they are the user's own); once it listens beyond loopback the filter is on."""
+    host = settings.host or "127.0.0.1"
+    private = settings.callback_allow_private or is_loopback(host)
+    return settings.with_(host=host, demucs_model=model, callback_allow_private=private, log_stdout=False)
+
+
 def local_url(settings: Settings) -> str:
     """Where this machine reaches the stack's rest."""
     host = settings.host or "127.0.0.1"
@@ -143,11 +151,7 @@ class Stack:
 
 def up(settings: Settings, root: Path, try_files: list[Path], out_dir: Path) -> int:
     model, note = choose_default_model(settings)
-    # Loopback unless HOST says otherwise: on a laptop in a café the stack is not an open service. Callbacks to private
-    # addresses are allowed only then (they are the user's own); once it listens beyond loopback the filter is on.
-    host = settings.host or "127.0.0.1"
-    private = settings.callback_allow_private or is_loopback(host)
-    settings = settings.with_(host=host, demucs_model=model, callback_allow_private=private, log_stdout=False)
+    settings = stack_settings(settings, model)
     if note:
         log.warning(note)
     stack = Stack(settings, root)

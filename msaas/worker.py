@@ -329,12 +329,15 @@ class Worker:
             return
         except (storage.StorageError, redis.RedisError) as exc:
             # An outage before anything was made is not the song's fault: put the job back without spending an attempt.
-            self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True, charge=False)
+            # The status says what happened, not where (the details, host names included, go to the log only).
+            log.warning("job %s: %s: %s", job.songhash, exc.__class__.__name__, exc)
+            backend = "the object store" if isinstance(exc, storage.StorageError) else "the job queue (redis)"
+            self._fail(job, f"{backend} was unavailable; the job waits for it", retry=True, charge=False)
             self._back_off()
             return
         except Exception as exc:  # out of memory, a bug: retried up to JOB_MAX_ATTEMPTS
             log.exception("job %s: separation failed", job.songhash)
-            self._fail(job, f"{exc.__class__.__name__}: {exc}", retry=True)
+            self._fail(job, f"the separation failed ({exc.__class__.__name__}); see the worker's log", retry=True)
             return
         self.outage_backoff_s = 0.0
         if tracks is None:  # split into parts, or one part of a split song stored
@@ -486,7 +489,8 @@ class Worker:
                 return
             except storage.StorageError as exc:
                 if delay is None:
-                    raise ResultsNotStored(f"the object store did not take the results ({exc})") from exc
+                    kind = "it is full" if isinstance(exc, storage.StoreFull) else "it refused them or did not answer"
+                    raise ResultsNotStored(f"the object store did not take the results: {kind}") from exc
                 log.warning("could not store %s/%s (%s); trying again in %.0f s", bucket, name, exc, delay)
                 time.sleep(delay)
 

@@ -67,3 +67,69 @@ def test_an_mp3_without_a_length_header_is_not_called_truncated(tmp_path):
     plain = tmp_path / "plain.mp3"
     plain.write_bytes(bytes(data[: len(data) // 2]))
     assert audio.probe(plain).duration_s > 2
+
+
+def write_with_pyav(path, container_format, codec, rate=48000, seconds=1.0):
+    """A short tone in any container and codec PyAV's FFmpeg can write."""
+    import av
+
+    t = np.arange(int(rate * seconds)) / rate
+    wave = np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32)
+    with av.open(str(path), "w", format=container_format) as out:
+        stream = out.add_stream(codec, rate=rate, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("container_format,codec,name", [("ipod", "aac", "s.m4a"), ("ogg", "libopus", "s.ogg")])
+def test_the_formats_msaas_accepts_beyond_mp3_wav_and_flac_are_read(tmp_path, container_format, codec, name):
+    info = audio.probe(write_with_pyav(tmp_path / name, container_format, codec))
+    assert info.channels == 2 and 0.9 < info.duration_s < 1.2
+
+
+def test_ffmpeg_opens_only_the_demuxers_msaas_accepts(tmp_path):
+    aiff = write_with_pyav(tmp_path / "s.aiff", "aiff", "pcm_s16be")
+    with pytest.raises(audio.NotAudio):
+        audio.probe(aiff)
+
+
+def test_a_playlist_cannot_make_ffmpeg_fetch_a_url_or_open_another_file(tmp_path):
+    """FFmpeg's own defaults refuse these as well; MSaaS's whitelists (demuxers, `file` only) keep it so whatever they
+    become (the test just above is the one a missing whitelist fails)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import free_port, make_song
+
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    local = make_song(tmp_path / "local.mp3", seconds=1)
+    try:
+        for body in (
+            f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:{server.server_port}/secret.ts\n#EXT-X-ENDLIST\n",
+            f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile://{local}\n#EXT-X-ENDLIST\n",
+            f"ffconcat version 1.0\nfile '{local}'\n",
+        ):
+            playlist = tmp_path / "song.mp3"
+            playlist.write_text(body)
+            with pytest.raises(audio.NotAudio):
+                audio.probe(playlist)
+    finally:
+        server.shutdown()
+    assert asked == []

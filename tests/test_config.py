@@ -54,3 +54,20 @@ def test_reliability_settings_have_their_documented_defaults_and_read_from_the_e
     assert s.retention_s == 7 * 86400 and s.job_stall_s == 900 and s.max_uploads == 4
     s = Settings.from_env({"RETENTION_S": "0", "JOB_STALL_S": "60", "MAX_STEMS_MB": "10", "MAX_SAMPLE_RATE": "48000"})
     assert (s.retention_s, s.job_stall_s, s.max_stems_bytes, s.max_sample_rate) == (0, 60, 10 * 1024 * 1024, 48000)
+
+
+def test_msaas_up_listens_on_loopback_unless_host_says_otherwise_and_then_filters_callbacks():
+    from msaas.embedded import local_url, stack_settings
+
+    mine = stack_settings(Settings.from_env({}), "tiny")
+    assert mine.host == "127.0.0.1" and mine.callback_allow_private and local_url(mine) == "http://127.0.0.1:5000"
+    shared = stack_settings(Settings.from_env({"HOST": "0.0.0.0"}), "tiny")
+    assert shared.host == "0.0.0.0" and not shared.callback_allow_private and local_url(shared) == "http://127.0.0.1:5000"
+    chosen = stack_settings(Settings.from_env({"HOST": "0.0.0.0", "CALLBACK_ALLOW_PRIVATE": "1"}), "tiny")
+    assert chosen.callback_allow_private
+
+
+def test_a_rate_limit_that_does_not_parse_stops_rest_at_start():
+    with pytest.raises(ConfigError, match="RATE_LIMIT"):
+        Settings.from_env({"RATE_LIMIT": "lots"})
+    assert Settings.from_env({"RATE_LIMIT": "30/minute;500/day"}).rate_limit == "30/minute;500/day"

@@ -1,8 +1,10 @@
 """Deployment files checked offline: kustomize builds, Kubernetes schemas (strict), hadolint, shellcheck, consistency."""
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 
 import kubernetes_validate
@@ -50,8 +52,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(path):
     objects = render(path)
     assert {"rest", "worker", "logs", "redis", "minio"} <= set(by_kind(objects, "Deployment"))
     for obj in objects:
-        if obj["kind"] == "ScaledObject":
-            continue  # KEDA's CRD: no built-in schema, checked below
+        if obj["apiVersion"].startswith("keda.sh/"):
+            continue  # KEDA's CRDs: no built-in schema, checked below
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
@@ -212,3 +214,135 @@ def test_deploy_scripts_say_clearly_when_there_is_no_cluster(script, tmp_path):
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)}
     out = subprocess.run([str(ROOT / script)], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 1 and "reaches no cluster" in out.stderr
+
+
+def secret_ref(env_item) -> dict | None:
+    return env_item.get("valueFrom", {}).get("secretKeyRef")
+
+
+def env_items(objects, deployment) -> dict:
+    c = by_kind(objects, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"][0]
+    return {item["name"]: item for item in c.get("env", [])}
+
+
+def routed(rule_path: str, path_type: str, path: str) -> bool:
+    """Whether an Ingress path (nginx's Prefix/Exact, or gce's ImplementationSpecific `/x/*`) sends `path` to rest."""
+    if path_type == "Exact" or (path_type == "ImplementationSpecific" and not rule_path.endswith("*")):
+        return path == rule_path
+    prefix = rule_path.rstrip("*").rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_a_cluster_deploy_is_closed_by_default(path):
+    objects = render(path)
+    api_keys = secret_ref(env_items(objects, "rest")["API_KEYS"])
+    assert api_keys["name"] == "msaas-secrets" and not api_keys.get("optional")  # rest does not start without keys
+    for name in ("rest", "worker", "logs", "redis"):
+        assert secret_ref(env_items(objects, name)["REDIS_PASSWORD"]) == {"name": "msaas-secrets", "key": "REDIS_PASSWORD"}
+    args = container(objects, "redis")["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction" and "--maxmemory" in args
+    # The object store: root credentials for MinIO and its setup Job only, a user limited to the two buckets for the apps.
+    assert secret_ref(env_items(objects, "minio")["MINIO_ROOT_USER"])["key"] == "MINIO_ROOT_USER"
+    for name in ("rest", "worker"):
+        assert secret_ref(env_items(objects, name)["MINIO_ACCESS_KEY"])["key"] == "MINIO_ACCESS_KEY"
+    policy = json.loads(
+        by_kind(objects, "ConfigMap")[next(n for n in by_kind(objects, "ConfigMap") if "policy" in n)]["data"]["msaas-app.json"]
+    )
+    resources = {r for s in policy["Statement"] if "s3:PutObject" in s["Action"] for r in s["Resource"]}
+    assert resources == {"arn:aws:s3:::queue/*", "arn:aws:s3:::output/*"}
+    (setup,) = by_kind(objects, "Job").values()
+    assert "policy attach" in setup["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert [p["port"] for p in by_kind(objects, "Service")["minio"]["spec"]["ports"]] == [9000]  # no console
+    assert "127.0.0.1:9001" in container(objects, "minio")["args"]
+    # NetworkPolicies: Redis and the store admit MSaaS's pods only; rest its Ingress's traffic only.
+    policies = {p["spec"]["podSelector"]["matchLabels"]["app"]: p["spec"] for p in by_kind(objects, "NetworkPolicy").values()}
+    assert set(policies) == {"redis", "minio", "rest"}
+    for name, allowed in (("redis", {"rest", "worker", "logs"}), ("minio", {"rest", "worker", "minio-setup"})):
+        pods = [f["podSelector"] for f in policies[name]["ingress"][0]["from"] if "podSelector" in f]
+        assert set(pods[0]["matchExpressions"][0]["values"]) == allowed
+        assert [f for f in policies[name]["ingress"][0]["from"] if "ipBlock" in f] == []
+    assert all("podSelector" not in f for f in policies["rest"]["ingress"][0]["from"])
+    # What the Ingress sends to rest: the API and the page, not the metrics or the probes.
+    (ingress,) = by_kind(objects, "Ingress").values()
+    rules = [(p["path"], p["pathType"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]]
+    for path_, expected in (
+        ("/", True),
+        ("/apiv1/separate", True),
+        ("/static/app.js", True),
+        ("/metrics", False),
+        ("/readyz", False),
+        ("/healthz", False),
+    ):
+        assert any(routed(rule, kind, path_) for rule, kind in rules) is expected, path_
+    assert by_kind(objects, "PodDisruptionBudget")["rest"]["spec"]["minAvailable"] == 1
+    for name in ("redis", "minio"):
+        c = container(objects, name)
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["readinessProbe"] and c["livenessProbe"]
+
+
+def test_the_object_store_image_is_the_maintained_fork_pinned():
+    image = container(render("."), "minio")["image"]
+    assert image.startswith("pgsty/minio:RELEASE.2026-") and "latest" not in image
+
+
+FAKE_KUBECTL = """#!{python}
+import base64, json, sys
+from pathlib import Path
+state = Path({state!r})
+data = json.loads(state.read_text()) if state.exists() else None
+args = sys.argv[1:]
+with open({log!r}, "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[:2] == ["get", "secret"]:
+    if data is None:
+        sys.exit(1)
+    if "-o" in args:
+        key = args[args.index("-o") + 1].split(".data.")[1].rstrip("}}")
+        print(base64.b64encode(data.get(key, "").encode()).decode() if key in data else "", end="")
+elif args[:3] == ["create", "secret", "generic"]:
+    state.write_text(json.dumps(dict(a.split("=", 1)[1].split("=", 1) for a in args if a.startswith("--from-literal="))))
+elif args[:2] == ["patch", "secret"]:
+    data.update(json.loads(args[args.index("-p") + 1])["stringData"])
+    state.write_text(json.dumps(data))
+"""
+
+
+def fake_kubectl(tmp_path, secret: dict | None):
+    state, log = tmp_path / "secret.json", tmp_path / "calls"
+    if secret is not None:
+        state.write_text(json.dumps(secret))
+    fake = tmp_path / "kubectl"
+    fake.write_text(FAKE_KUBECTL.format(python=sys.executable, state=str(state), log=str(log)))
+    fake.chmod(0o755)
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "KUBECTL": str(fake), "HOME": str(tmp_path)}
+    return env, state
+
+
+def test_deploy_creates_api_keys_redis_and_store_credentials_and_says_how_to_read_the_key(tmp_path):
+    env, state = fake_kubectl(tmp_path, None)
+    out = subprocess.run([str(ROOT / "deploy.sh")], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    secret = json.loads(state.read_text())
+    assert set(secret) == {
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+        "MINIO_ACCESS_KEY",
+        "MINIO_SECRET_KEY",
+        "REDIS_PASSWORD",
+        "API_KEYS",
+    }
+    assert re.fullmatch(r"[0-9a-f]{48}", secret["API_KEYS"]) and re.fullmatch(r"[0-9a-f]{48}", secret["REDIS_PASSWORD"])
+    assert secret["MINIO_ROOT_USER"] != secret["MINIO_ACCESS_KEY"]
+    assert "jsonpath='{.data.API_KEYS}'" in out.stdout
+
+
+def test_deploy_adds_what_an_older_secret_lacks_and_keeps_its_store_root(tmp_path):
+    env, state = fake_kubectl(tmp_path, {"MINIO_ACCESS_KEY": "msaas-old", "MINIO_SECRET_KEY": "oldsecret"})
+    out = subprocess.run([str(ROOT / "deploy-local-dev.sh")], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    secret = json.loads(state.read_text())
+    assert (secret["MINIO_ROOT_USER"], secret["MINIO_ROOT_PASSWORD"]) == ("msaas-old", "oldsecret")  # MinIO's data stays readable
+    assert secret["MINIO_ACCESS_KEY"] != "msaas-old" and secret["REDIS_PASSWORD"] and secret["API_KEYS"]
+    subprocess.run([str(ROOT / "deploy-local-dev.sh"), "stop"], env=env, timeout=30)

@@ -119,6 +119,7 @@ def test_msaas_up_runs_the_whole_stack_and_stops_cleanly_on_ctrl_c(tiny_repo, tm
             assert audio.probe(tmp_path / "out" / "mine" / f"{track}.mp3").samples == audio.probe(song).samples
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
         assert (tmp_path / "var" / "redis" / "appendonly.aof").exists() or (tmp_path / "var" / "redis" / "appendonlydir").exists()
+        assert listening_on(port) == {"127.0.0.1"}  # loopback only: HOST opens it up
         bounded = redis.Redis(port=redis_port).config_get("maxmemory*")
         assert bounded == {"maxmemory": str(256 << 20), "maxmemory-policy": "noeviction", **bounded}
         (worker,) = children_running(up.pid, b"worker")
@@ -145,4 +146,15 @@ def children_running(pid: int, command: bytes) -> list[int]:
             continue
         if command in argv and state != "Z":
             found.append(int(child))
+    return found
+
+
+def listening_on(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on `port` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
     return found

@@ -386,12 +386,12 @@ def test_uploads_past_the_rate_limit_get_429_with_retry_after_counted_per_key(se
 
 
 def test_a_key_may_have_only_so_many_songs_waiting(settings, redis_client, tmp_path):
-    live = keyed_app(settings, redis_client, max_queued_per_key=2)
+    live = keyed_app(settings, redis_client, max_queued_songs=2)
     try:
         songs = [b64(make_song(tmp_path / f"s{i}.mp3", seconds=1, seed=40 + i)) for i in range(3)]
         assert [post_json(live, {"mp3": s}, headers=as_key("key-one")).status_code for s in songs[:2]] == [200, 200]
         r = post_json(live, {"mp3": songs[2]}, headers=as_key("key-one"))
-        assert r.status_code == 429 and "MAX_QUEUED_PER_KEY" in r.json()["error"] and r.headers["Retry-After"]
+        assert r.status_code == 429 and "MAX_QUEUED_SONGS" in r.json()["error"] and r.headers["Retry-After"]
         assert post_json(live, {"mp3": songs[2]}, headers=as_key("key-two")).status_code == 200
     finally:
         live.close()

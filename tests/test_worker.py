@@ -173,6 +173,7 @@ def test_an_object_store_outage_requeues_without_spending_attempts(worker, song)
     status = worker.jobs.status(h)
     assert status["state"] == "queued" and status["attempts"] == 0
     assert worker.jobs.queued() == [h] and worker.outage_backoff_s >= 1 and time.monotonic() - started >= 1
+    assert "object store was unavailable" in status["error"] and "127.0.0.1" not in status["error"]  # no internal address
 
 
 def test_a_worker_keeps_the_default_model_and_one_other(worker, tiny_repo):

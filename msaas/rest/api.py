@@ -110,10 +110,10 @@ def _enqueue(b, upload: uploads.Upload):
     existing = b.jobs.status(songhash)
     if existing and existing["state"] != JobState.FAILED:
         return jsonify({"hash": songhash, "reason": f"Song already {existing['state']}; not separated again"})
-    if g.tenant and len(b.jobs.queued(g.tenant)) >= b.settings.max_queued_per_key:
+    if g.tenant and len(b.jobs.queued(g.tenant)) >= b.settings.max_queued_songs:
         raise ApiError(
             429,
-            f"this key already has {b.settings.max_queued_per_key} songs waiting (MAX_QUEUED_PER_KEY); "
+            f"this key already has {b.settings.max_queued_songs} songs waiting (MAX_QUEUED_SONGS); "
             "send more once some have started",
             {"Retry-After": "30"},
         )
