@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "data"))  # synth.py: songs with known sources
 TINY = "tiny"
+
+
+def needs(tool: str, why: str):
+    """Skip a test where `tool` is missing, but not in CI (CI=true): there a missing tool fails the run, never skips it."""
+    in_ci = os.environ.get("CI", "").lower() in ("true", "1")
+    return pytest.mark.skipif(shutil.which(tool) is None and not in_ci, reason=f"{tool} is missing ({why})")
 
 
 def free_port() -> int:

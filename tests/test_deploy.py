@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -11,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, needs
 from msaas.cli import parser
 from msaas.rest import ENVELOPE_BYTES
 
@@ -201,7 +200,7 @@ def test_images_run_as_a_non_root_user():
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is installed by .ci/run")
+@needs("shellcheck", "Debian's shellcheck, which .ci/run installs")
 def test_deploy_scripts_pass_shellcheck():
     out = subprocess.run(
         ["shellcheck", "-x", "deploy-local-dev.sh", "deploy.sh", "k8s-lib.sh"], cwd=ROOT, capture_output=True, text=True

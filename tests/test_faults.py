@@ -80,9 +80,11 @@ def test_sigterm_lets_the_current_job_finish(settings, redis_client, processes, 
     worker = msaas_process("worker", settings)
     processes.append(worker)
     wait_until(lambda: client.status(h).get("stage") == "separating", what="separation to start")
+    signalled = time.time()
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(120) == 0
-    assert client.status(h)["state"] == "done"
+    status = client.status(h)
+    assert status["state"] == "done" and status["finished"] > signalled  # it was still running when the signal came
 
 
 def test_sigterm_past_the_grace_period_puts_the_job_back(settings, redis_client, processes, tmp_path):
@@ -101,9 +103,10 @@ def test_sigterm_past_the_grace_period_puts_the_job_back(settings, redis_client,
 def test_workers_wait_out_a_redis_outage_instead_of_crashing(settings, processes, tmp_path):
     port = free_port()
     settings = settings.with_(redis_url=f"redis://127.0.0.1:{port}/0")
-    worker = msaas_process("worker", settings)
+    log = tmp_path / "worker.log"
+    worker = msaas_process("worker", settings, log=log)
     processes.append(worker)
-    time.sleep(3)
+    wait_until(lambda: log.read_text().count("waiting for redis") >= 2, 60, "the worker to try redis twice")
     assert worker.poll() is None  # still trying
     server = redisproc.start(port, tmp_path / "redis", persist=False)
     try:
@@ -225,3 +228,15 @@ def test_a_worker_whose_job_makes_no_progress_gives_it_back_and_exits_for_anothe
     faulty_s3.released.set()
     status = wait_until(lambda: (s := client.status(h))["state"] == "done" and s, 120, "another worker to do it")
     assert status["attempts"] == 2
+
+
+def test_ctrl_c_puts_a_running_job_back_at_once_with_its_attempt(settings, processes, tmp_path):
+    client = start_rest(settings, processes)
+    h = client.submit(make_song(tmp_path / "s.mp3", seconds=40, seed=12))["hash"]
+    worker = msaas_process("worker", settings)
+    processes.append(worker)
+    wait_until(lambda: client.status(h).get("stage") == "separating", what="separation to start")
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(60) == 0
+    status = client.status(h)  # queued, not done: the separation was cut off, not waited for
+    assert status["state"] == "queued" and status["attempts"] == 0 and client.queue() == [h]

@@ -74,4 +74,7 @@ def test_many_concurrent_uploads_and_polls_get_no_errors(settings, redis_client,
     print(f"{sum(map(len, latencies.values()))} requests in {wall:.1f} s, {len(errors)} errors, {len(busy)} told to retry")
     assert errors == []
     assert len(latencies["upload"]) == CLIENTS * UPLOADS_PER_CLIENT
+    # Measured on the 2-CPU build machine: p95 61 ms (uploads, retries for MAX_UPLOADS included) and 15 ms (status);
+    # bounded at about ten times that, so a slow shared machine passes and a server that serializes requests does not.
+    assert percentile(latencies["upload"], 0.95) < 1.0 and percentile(latencies["status"], 0.95) < 0.25
     assert len(requests.get(f"{url}/apiv1/queue", timeout=10).json()["queue"]) == len(songs)

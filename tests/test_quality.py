@@ -24,14 +24,14 @@ def lag(estimate: np.ndarray, reference: np.ndarray, span: int = 2000) -> int:
 
 
 @pytest.mark.parametrize(
-    "text,voice,seed",
-    [
-        ("Separation as a service: send the song, get the stems back.", "en", 11),
-        ("Une voix française au-dessus des instruments.", "fr", 12),
+    "text,voice,seed,measured_gain",
+    [  # measured_gain: the SDR improvement this mix gets (dB), measured at the commit that set it; asserted within 4 dB
+        ("Separation as a service: send the song, get the stems back.", "en", 11, 23.3),
+        ("Une voix française au-dessus des instruments.", "fr", 12, 26.9),
     ],
 )
 def test_spleeter_stems_through_the_service_are_real_and_sample_exact(
-    settings, redis_client, processes, tmp_path, text, voice, seed
+    settings, redis_client, processes, tmp_path, text, voice, seed, measured_gain
 ):
     settings = settings.with_(demucs_model=models.SPLEETER, demucs_repo=None, max_upload_bytes=20 * 1024 * 1024)
     processes.append(msaas_process("worker", settings))
@@ -54,7 +54,7 @@ def test_spleeter_stems_through_the_service_are_real_and_sample_exact(
     truth = sources["vocals"]
     gain = sdr(vocals, truth) - sdr(heard, truth)
     print(f"vocals SDR: mixture {sdr(heard, truth):.1f} dB -> stem {sdr(vocals, truth):.1f} dB ({gain:+.1f} dB)")
-    assert gain >= 8
+    assert gain >= measured_gain - 4 and sdr(vocals, truth) >= 4.5  # a regression of a few dB is caught, not 15
     assert lag(vocals[0], truth[0]) == 0 and lag(accompaniment[0], (mix - truth)[0]) == 0
 
 

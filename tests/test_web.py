@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, make_song, msaas_process, wait_http
+from conftest import ROOT, make_song, msaas_process, needs, wait_http
 from msaas import audio
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by .ci/run"),
+    needs("chromium", "Debian's chromium, which .ci/run installs"),
 ]
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -54,21 +54,43 @@ def test_a_song_is_separated_played_and_mixed_in_the_browser(settings, redis_cli
         page.click("#play")
         page.wait_for_function("msaasMixer.position() > 0.3", timeout=10_000)
         assert page.evaluate("msaasMixer.ctx.state") == "running"
-        gains = "Object.fromEntries(msaasMixer.stems.map(s => [s.track, s.gain.gain.value]))"
+        # Sound comes out of the live graph (its analyser), not only a clock that advances.
+        page.wait_for_function("msaasMixer.heard() > 0.001", timeout=10_000)
 
-        def heard(expected: dict) -> None:
-            """Wait until the audio graph's gains are as expected (the audio thread applies changes asynchronously)."""
-            page.wait_for_function(
-                f"JSON.stringify({gains}) === {json.dumps(json.dumps(expected, separators=(',', ':')))}", timeout=5_000
-            )
+        def mixed(expected: dict) -> None:
+            """The mixer's own graph, rendered offline, is the stems added at these gains, sample for sample: it is not
+            silent, a muted stem is absent from it, and every stem starts at the same instant (any lag would show)."""
+            check = f"""async () => {{
+                const m = msaasMixer, out = await m.bounce(1.0), gains = {json.dumps(expected)};
+                const start = Math.round(m.offset * m.stems[0].buffer.sampleRate);
+                let worst = 0, energy = 0;
+                for (let i = 0; i < out[0].length; i++) {{
+                    let sum = 0;
+                    for (const s of m.stems) sum += gains[s.track] * s.buffer.getChannelData(0)[start + i];
+                    worst = Math.max(worst, Math.abs(out[0][i] - sum));
+                    energy += out[0][i] * out[0][i];
+                }}
+                return [worst, Math.sqrt(energy / out[0].length)];
+            }}"""
+            worst, level = page.evaluate(check)
+            assert worst < 1e-5 and level > 1e-3, (expected, worst, level)
 
-        heard({"drums": 1, "bass": 1, "other": 1, "vocals": 1})
+        levels = "msaasMixer.levels()"
+        stems_level = page.evaluate(
+            "msaasMixer.stems.map(s => s.buffer.getChannelData(0).reduce((m, x) => Math.max(m, Math.abs(x)), 0))"
+        )
+        assert min(stems_level) > 0.01  # every stem holds sound: leaving one out must change the mix
+        mixed({"drums": 1, "bass": 1, "other": 1, "vocals": 1})
         page.click("tr[data-track=vocals] button.muted")
-        heard({"drums": 1, "bass": 1, "other": 1, "vocals": 0})
+        assert page.evaluate(levels) == {"drums": 1, "bass": 1, "other": 1, "vocals": 0}
+        mixed({"drums": 1, "bass": 1, "other": 1, "vocals": 0})
         page.click("tr[data-track=drums] button.solo")
-        heard({"drums": 1, "bass": 0, "other": 0, "vocals": 0})
+        mixed({"drums": 1, "bass": 0, "other": 0, "vocals": 0})
         page.fill("tr[data-track=drums] input.volume", "0.5")
-        heard({"drums": 0.5, "bass": 0, "other": 0, "vocals": 0})
+        mixed({"drums": 0.5, "bass": 0, "other": 0, "vocals": 0})
+        # What the live graph is set to follows (the audio thread applies gains asynchronously).
+        gains = "JSON.stringify(Object.fromEntries(msaasMixer.stems.map(s => [s.track, s.gain.gain.value])))"
+        page.wait_for_function(f'{gains} === \'{{"drums":0.5,"bass":0,"other":0,"vocals":0}}\'', timeout=5_000)
         assert page.get_attribute("#zip", "href").startswith("/apiv1/zip/")
         assert page.text_content("#recent-list") == "my song.mp3"
 

@@ -97,11 +97,10 @@ def test_callbacks_are_signed_when_a_secret_is_set(worker, song):
 def test_a_failing_or_hanging_callback_does_not_fail_or_delay_the_job(worker, song):
     receiver = Receiver(status=500, delay_s=2)
     h = enqueue(worker, song, callback={"url": receiver.url, "data": 1})
-    started = time.monotonic()
-    run_one(worker)
-    assert time.monotonic() - started < 30
+    run_one(worker)  # the job's end and its callback are written together; the delivery happens apart from the job
     assert worker.jobs.status(h)["state"] == "done"
     wait_for(lambda: len(receiver.calls) >= 2)  # retried
+    assert worker.jobs.status(h)["state"] == "done" and worker.jobs.outbox.pending() == 1  # still due, the job unchanged
     receiver.close()
 
 
@@ -120,18 +119,17 @@ def test_callbacks_to_private_addresses_are_refused_unless_allowed(settings, red
     receiver.close()
 
 
-def test_an_unavailable_model_fails_the_job_with_a_clear_error(worker, song):
+def test_an_unavailable_model_fails_the_job_with_a_clear_error(worker, song, caplog):
+    caplog.set_level(logging.INFO, logger="msaas.worker")
     h = enqueue(worker, song, model="htdemucs")
-    started = time.monotonic()
     run_one(worker)
     status = worker.jobs.status(h)
     assert status["state"] == "failed" and "htdemucs" in status["error"] and "fetch-model" in status["error"]
-    assert time.monotonic() - started < 60
     assert [json.loads(r)["songhash"] for r in worker.jobs.r.lrange(keys.DEAD, 0, -1)] == [h]
     h2 = enqueue(worker, song, model="htdemucs", two_stems="vocals")
-    started = time.monotonic()
-    run_one(worker)  # the failed load is remembered: no second wait on the network
-    assert worker.jobs.status(h2)["state"] == "failed" and time.monotonic() - started < 2
+    run_one(worker)  # the failed load is remembered: no second try (no second wait on the network)
+    assert worker.jobs.status(h2)["state"] == "failed"
+    assert [r.getMessage() for r in caplog.records].count("loading model htdemucs") == 1
 
 
 def test_a_song_that_does_not_decode_fails_without_retries(worker, tmp_path):

@@ -161,8 +161,12 @@ const mixer = {
 
   async load(hash, status) {
     this.ctx = this.ctx || new AudioContext();
-    this.master = this.master || this.ctx.createGain();
-    this.master.connect(this.ctx.destination);
+    if (!this.master) {
+      this.master = this.ctx.createGain();
+      this.analyser = this.ctx.createAnalyser(); // what comes out, for the level meter of tests and the curious
+      this.master.connect(this.ctx.destination);
+      this.master.connect(this.analyser);
+    }
     const ext = status.options?.format || "mp3";
     keyedLink($("zip"), `/apiv1/zip/${hash}`, `${hash.slice(0, 12)}-stems.zip`);
     this.stems = await Promise.all(status.tracks.map(async (track) => {
@@ -224,16 +228,47 @@ const mixer = {
   play() {
     if (this.playing || !this.stems.length) return;
     this.ctx.resume();
-    const at = this.ctx.currentTime + 0.05; // one start time for every stem: they cannot drift apart
-    for (const stem of this.stems) {
-      stem.source = this.ctx.createBufferSource();
-      stem.source.buffer = stem.buffer;
-      stem.source.connect(stem.gain);
-      stem.source.start(at, this.offset);
-    }
+    const at = this.ctx.currentTime + 0.05;
+    const sources = this.start(this.ctx, this.stems.map((s) => s.gain), at, this.offset);
+    this.stems.forEach((stem, i) => { stem.source = sources[i]; });
     this.started = at - this.offset;
     this.playing = true;
     $("play").textContent = "Pause";
+  },
+
+  // Every stem's source into its gain, all started at one instant `at`: they cannot drift apart.
+  start(ctx, gains, at, offset) {
+    return this.stems.map((stem, i) => {
+      const source = ctx.createBufferSource();
+      source.buffer = stem.buffer;
+      source.connect(gains[i]);
+      source.start(at, offset);
+      return source;
+    });
+  },
+
+  // The level coming out now (RMS of the last block the analyser saw).
+  heard() {
+    if (!this.analyser) return 0;
+    const block = new Float32Array(this.analyser.fftSize);
+    this.analyser.getFloatTimeDomainData(block);
+    return Math.sqrt(block.reduce((sum, x) => sum + x * x, 0) / block.length);
+  },
+
+  // What the mixer plays from the current position with the current levels, rendered offline by the same graph.
+  async bounce(seconds) {
+    const rate = this.stems[0].buffer.sampleRate;
+    const ctx = new OfflineAudioContext(2, Math.round(seconds * rate), rate);
+    const levels = this.levels();
+    const gains = this.stems.map((stem) => {
+      const gain = ctx.createGain();
+      gain.gain.value = levels[stem.track];
+      gain.connect(ctx.destination);
+      return gain;
+    });
+    this.start(ctx, gains, 0, this.offset);
+    const out = await ctx.startRendering();
+    return [out.getChannelData(0), out.getChannelData(1)];
   },
 
   pause() {
