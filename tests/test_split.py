@@ -185,3 +185,31 @@ def test_a_worker_killed_during_its_part_loses_nothing(tiny, settings, redis_cli
 
 def worker_of(redis_client, pid: int) -> str | None:
     return next((w for w in redis_client.smembers(keys.WORKERS) if f"-{pid}-" in w), None)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_stitching_loses_nothing(tiny, settings, redis_client, processes, tmp_path):
+    settings = settings.with_(split_over_s=10, heartbeat_ttl_s=2)
+    client = start_rest(settings, processes)
+    song = make_song(tmp_path / "long.mp3", seconds=58, seed=13)
+    workers = {w.pid: w for w in (msaas_process("worker", settings), msaas_process("worker", settings))}
+    processes.extend(workers.values())
+    wait_until(lambda: JobQueue(redis_client).live_workers() == 2, what="two live workers")
+    h = client.submit(song)["hash"]  # MP3 stems: encoding them makes the stitch last long enough to be cut off
+
+    def stitcher() -> int | None:
+        for name in redis_client.smembers(keys.WORKERS):
+            if any('"stitch": true' in m for m in redis_client.lrange(keys.processing_key(name), 0, -1)):
+                return next(pid for pid in workers if f"-{pid}-" in name)
+        return None
+
+    pid = wait_until(stitcher, timeout_s=180, what="a worker to take the stitch")
+    workers[pid].kill()
+    workers[pid].wait()
+    status = wait_until(lambda: (s := client.status(h))["state"] in ("done", "failed") and s, 180, "the job to end")
+    assert status["state"] == "done", status
+    assert int(redis_client.hget(keys.job_key(h), "attempts.stitch")) == 2  # cut off once, done by the other worker
+    samples = audio.probe(song).samples
+    for track in status["tracks"]:
+        assert audio.probe(settings.storage_dir / "output" / f"{h}-{track}.mp3").samples == samples
+    assert list((settings.storage_dir / "queue").iterdir()) == [] and redis_client.llen(keys.QUEUE) == 0
