@@ -4,6 +4,7 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,31 @@ def test_a_stalled_job_is_given_back_by_the_watchdog(worker, song, monkeypatch):
     status = worker.jobs.status(h)
     assert exits == [3] and status["state"] == "queued" and "no progress for 6 s" in status["error"]
     assert worker.jobs.queued() == [h]
+
+
+@pytest.mark.slow
+def test_a_workers_memory_does_not_grow_with_the_songs_length(settings, processes, tmp_path):
+    """Peak RSS while separating a 100 s song and a 300 s one, in the same worker process: the song is streamed, so the
+    longer one costs little more. (Up to about 70 s of stems wait for their encoders, a bounded queue: with the tiny
+    model the encoders are what a job waits for, so both songs fill it.) Holding the song and its four stems whole would
+    take about 350 MB more for the 200 s between them (44.1 kHz stereo float32, five times)."""
+    from test_uploads import status_kb
+
+    from conftest import make_song, msaas_process, start_rest, wait_until
+
+    settings = settings.with_(max_upload_bytes=8 << 20, max_duration_s=400, split_over_s=0)
+    client = start_rest(settings, processes)
+    worker = msaas_process("worker", settings)
+    processes.append(worker)
+    warm = client.submit(make_song(tmp_path / "warm.mp3", seconds=5, seed=50))["hash"]
+    wait_until(lambda: client.status(warm)["state"] == "done", 120, "the first job (model loaded, warmed up)")
+    growth = {}
+    for seconds in (100, 300):
+        song = make_song(tmp_path / f"s{seconds}.mp3", seconds=seconds, seed=seconds)
+        before = status_kb(worker.pid, "VmRSS")
+        Path(f"/proc/{worker.pid}/clear_refs").write_text("5")
+        h = client.submit(song)["hash"]
+        wait_until(lambda h=h: client.status(h)["state"] == "done", 300, f"the {seconds} s song")
+        growth[seconds] = (status_kb(worker.pid, "VmHWM") - before) / 1024
+    print(f"worker peak RSS rise: {growth[100]:.0f} MB for 100 s, {growth[300]:.0f} MB for 300 s")
+    assert growth[300] < growth[100] + 60
