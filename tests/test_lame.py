@@ -86,3 +86,59 @@ def test_without_lame_the_stems_go_through_pyav(tmp_path, monkeypatch):
     encoders.put(torch.from_numpy(music(1.0, 44100))[None].expand(2, -1, -1))
     encoders.close()
     assert audio.decode(tmp_path / "a.mp3")[0].shape == (2, 44100)
+
+
+ENCODE_ONE_STEM = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from msaas import audio, lame
+t = np.arange(2 * 44100) / 44100
+wave = np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32)
+writer = audio.stem_writer(Path(sys.argv[1]), 44100)
+writer.write(wave)
+writer.close()
+lib = lame.library()
+print(json.dumps({"library": lib._name if lib else None, "music_crc": hasattr(lib, "UpdateMusicCRC"), "writer": type(writer).__name__}))
+"""
+
+
+def encode_where_lameenc_is_not_lame(tmp_path, hide_system_lame: bool) -> dict:
+    """A stem encoded in a fresh process whose `lameenc` is a module no dynamic loader can load (as a wheel without
+    LAME's symbols would be): the worker's own library search decides what encodes it, nothing is patched in this process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "lameenc.py").write_text("# a stand-in: not a shared library\n")
+    if hide_system_lame:  # as on a machine without Debian's libmp3lame0
+        (shadow / "sitecustomize.py").write_text(
+            "import ctypes.util\n_find = ctypes.util.find_library\n"
+            "ctypes.util.find_library = lambda name: None if name == 'mp3lame' else _find(name)\n"
+        )
+    env = {**os.environ, "PYTHONPATH": f"{shadow}:{ROOT}"}
+    out = subprocess.run(
+        [sys.executable, "-c", ENCODE_ONE_STEM, str(tmp_path / "stem.mp3")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_lame_without_update_music_crc_still_writes_exact_stems(tmp_path):
+    """Debian's libmp3lame (.ci/run installs libmp3lame0) exports LAME's API but not UpdateMusicCRC."""
+    used = encode_where_lameenc_is_not_lame(tmp_path, hide_system_lame=False)
+    assert used["writer"] == "Mp3Writer" and "mp3lame" in used["library"] and used["music_crc"] is False
+    decoded, rate = audio.decode(tmp_path / "stem.mp3")
+    assert decoded.shape == (2, 2 * 44100) and rate == 44100
+
+
+def test_with_no_lame_to_load_the_stems_go_through_pyav(tmp_path):
+    used = encode_where_lameenc_is_not_lame(tmp_path, hide_system_lame=True)
+    assert used == {"library": None, "music_crc": False, "writer": "StemWriter"}
+    decoded, _ = audio.decode(tmp_path / "stem.mp3")
+    assert decoded.shape == (2, 2 * 44100)
