@@ -13,11 +13,12 @@ from . import models
 log = logging.getLogger("msaas.fetch")
 
 
-def _from_legacy_repo(name: str, dest: Path, root_url: str | None) -> None:
+def _from_legacy_repo(name: str, dest: Path, root_url: str | None, remote: Path | None = None) -> None:
+    """demucs' own list of files (`remote/files.txt`, its package's by default) downloaded from `root_url` (its host)."""
     from demucs import pretrained
     from torch.hub import download_url_to_file
 
-    remote = models.demucs_remote_dir()
+    remote = remote or models.demucs_remote_dir()
     urls = pretrained._parse_remote_files(remote / "files.txt")
     if root_url:
         urls = {sig: root_url.rstrip("/") + "/" + url[len(pretrained.ROOT_URL) :] for sig, url in urls.items()}
@@ -29,7 +30,9 @@ def _from_legacy_repo(name: str, dest: Path, root_url: str | None) -> None:
         target = dest / urls[sig].rsplit("/", 1)[-1]
         if not target.exists():
             log.info("downloading %s", urls[sig])
-            download_url_to_file(urls[sig], str(target), progress=True)
+            # `<sig>-<sha256 prefix>.th`: a file that does not match is refused, never left where a later fetch would keep it
+            checksum = target.stem.split("-", 1)[1] if "-" in target.stem else None
+            download_url_to_file(urls[sig], str(target), hash_prefix=checksum, progress=True)
     if bag.is_file():
         shutil.copyfile(bag, dest / bag.name)
 
@@ -50,13 +53,13 @@ def _from_hf_hub(name: str, dest: Path) -> None:
     shutil.copyfile(bag_file, dest / f"{name}.yaml")
 
 
-def fetch_model(name: str, dest: Path, root_url: str | None = None) -> None:
+def fetch_model(name: str, dest: Path, root_url: str | None = None, remote: Path | None = None) -> None:
     """Download `name` into `dest` in demucs' own repo format, then load it from there to prove it works."""
     from demucs.pretrained import get_model
 
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        _from_legacy_repo(name, dest, root_url)
+        _from_legacy_repo(name, dest, root_url, remote)
     except Exception as exc:  # the legacy host may be gone; the Hugging Face hub is the other source
         log.warning("legacy model repository failed (%s); trying the Hugging Face hub", exc)
         _from_hf_hub(name, dest)
