@@ -83,7 +83,7 @@ def spec() -> dict:
                             "description": "queued, or already known",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
                         },
-                        **{code: ERROR for code in ("400", "401", "413", "415", "422", "503", "507")},
+                        **{code: ERROR for code in ("400", "401", "413", "415", "422", "429", "503", "507")},
                     },
                 }
             },
