@@ -24,14 +24,20 @@ CHROMIUM_ARGS = [
 ]
 
 
-def test_a_song_is_separated_played_and_mixed_in_the_browser(settings, redis_client, processes, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def serve(settings, processes) -> str:
+    """A worker and rest as processes; the page's address."""
     processes.append(msaas_process("worker", settings))
     rest = msaas_process("rest", settings)
     processes.append(rest)
     url = f"http://127.0.0.1:{settings.port}"
     wait_http(f"{url}/readyz", proc=rest)
+    return url
+
+
+def test_a_song_is_separated_played_and_mixed_in_the_browser(settings, redis_client, processes, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url = serve(settings, processes)
     song = make_song(tmp_path / "my song.mp3", seconds=3)
     seconds = audio.probe(song).duration_s
 
@@ -107,12 +113,7 @@ def test_the_page_asks_for_a_key_when_the_server_wants_one_and_then_works(settin
 
     from playwright.sync_api import sync_playwright
 
-    settings = settings.with_(api_keys=("page-key",))
-    processes.append(msaas_process("worker", settings))
-    rest = msaas_process("rest", settings)
-    processes.append(rest)
-    url = f"http://127.0.0.1:{settings.port}"
-    wait_http(f"{url}/readyz", proc=rest)
+    url = serve(settings.with_(api_keys=("page-key",)), processes)
     song = make_song(tmp_path / "keyed.mp3", seconds=2)
 
     with sync_playwright() as p:
