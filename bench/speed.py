@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""MSaaS against the `demucs` command line: time and peak RSS on the same model and inputs, in one run on one machine.
+"""MSaaS against two anchors on the same model and songs, in one run, in an order that cancels the machine's drift.
 
-- anchor: `python -m demucs.separate --repo REPO -n htdemucs --mp3` (a fresh process per song, as users run it)
-- MSaaS: rest + a warm worker (real processes, the bundled redis-server, local store); upload -> every stem stored
-- model only: the forward passes alone, the lower bound for both (in this process, before and after MSaaS's run)
-- on the device the worker picks (DEMUCS_DEVICE, default auto: CUDA when present), as the CLI does (its -d defaults to CUDA)
-- in job: the worker's own account of the same job (its forward passes, the rest of its time: the song's first read, the
-  encoders' drain after the last forward pass; and the CPU its encoders took beside the forward passes); overhead is
-  everything but the forward passes, as a share of MSaaS's time
-The model is htdemucs' full-size architecture with random weights (compute does not depend on the weights).
-Usage: python bench/speed.py [--no-cli] [SECONDS ...]   (default 30 120 600; --no-cli: MSaaS and the model alone)
+- cli: `python -m demucs.separate --repo REPO -n htdemucs --mp3` (a fresh process per song, as users run it; LAME preset 2
+  through lameenc, 320 kbps); peak RSS of its process tree's largest process
+- library: demucs as a library in a warm process (`bench/library_anchor.py`: model loaded once, `demucs.api.Separator`,
+  i.e. `apply_model`, stems written with demucs' `save_audio`, LAME preset 2 through lameenc, 320 kbps); what a service
+  built on demucs without MSaaS would do; peak RSS of that process, reset before each song
+- msaas: rest + a warm worker (real processes, the bundled redis-server, local store), upload -> every stem stored (LAME
+  called directly, -q 5, 320 kbps); peak RSS of the worker, reset before each song
+Each song runs ROUNDS times per side in the order cli, library, msaas, msaas, library, cli (A B C C B A), so a slow spell
+of the shared machine lands on every side; the table gives medians and ranges. Every process's torch threads are printed.
+in job: the worker's own account of its last job (forward passes; overhead, everything else, as a share of its time).
+The model is htdemucs' full-size architecture with random weights (compute does not depend on the weights), on the CPU
+(or the device DEMUCS_DEVICE picks for the worker).
+Usage: python bench/speed.py [--no-cli] [--rounds N] [SECONDS ...]   (default: 2 rounds of 30 120 600)
 """
 
 from __future__ import annotations
 
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,8 +32,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from stack import Stack  # noqa: E402
 from worker_memory import full_size_htdemucs, song  # noqa: E402
-
-from msaas import audio  # noqa: E402
 
 PEAK_OF_CHILD = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
 
@@ -64,20 +67,6 @@ def device() -> str:
     return f"{name}; {cpu_budget()} CPUs, the worker's torch takes {threads} threads"
 
 
-def model_only(repo: Path, path: Path) -> float:
-    """Seconds spent in the model's forward passes alone when separating `path` (nothing else running)."""
-    import torch
-
-    from msaas.separation import cpu_budget, load_separator, separate_all
-
-    torch.set_num_threads(cpu_budget())
-    separator = load_separator("htdemucs", repo, DEVICE)
-    separator.warm_up()  # as a warm worker is
-    wave, _ = audio.decode(path)
-    separate_all(separator, torch.from_numpy(wave))
-    return separator.forward_s
-
-
 ACCOUNT = re.compile(
     r"in ([\d.]+) s: download ([\d.]+) s, read ([\d.]+) s, separation ([\d.]+) s \(forward passes ([\d.]+) s\), "
     r"encoders' drain ([\d.]+) s, upload ([\d.]+) s; encoding ([\d.]+) s of CPU"
@@ -88,56 +77,102 @@ FIELDS = ("job", "download", "read", "separation", "forward", "drain", "upload",
 def in_job(stack: Stack, songhash: str) -> tuple[dict[str, float], str]:
     """The worker's own account of a job (seconds: the job, its download, first read of the song, separation, of which
     forward passes, the encoders' drain, upload; CPU seconds of encoding beside them) and its log line."""
-    for line in stack.log_lines(songhash):
+    for line in reversed(stack.log_lines(songhash)):  # the newest: a song may have run before
         if m := ACCOUNT.search(line):
             return dict(zip(FIELDS, map(float, m.groups()), strict=True)), line
     return dict.fromkeys(FIELDS, float("nan")), ""
 
 
-def main(lengths: list[int], with_cli: bool = True) -> None:
+class Library:
+    """bench/library_anchor.py as a warm process, fed one song at a time."""
+
+    def __init__(self, repo: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "library_anchor.py"), str(repo)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.threads = int(self.proc.stdout.readline().split()[1])
+
+    def separate(self, path: Path, out: Path) -> tuple[float, float]:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        self.proc.stdin.write(f"{path} {out}\n")
+        self.proc.stdin.flush()
+        seconds = float(self.proc.stdout.readline())
+        return seconds, vm_hwm_mb(self.proc.pid)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+def cli_threads() -> int:
+    """The torch threads a fresh `demucs` process gets (torch's default: the machine's cores)."""
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True, text=True)
+    return int(out.stdout)
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.1f} ({min(values):,.1f}-{max(values):,.1f})"
+
+
+def main(lengths: list[int], rounds: int = 2, with_cli: bool = True) -> None:
     repo = full_size_htdemucs()
     print(f"device: {device()}", flush=True)
+    sides = ["cli", "library", "msaas"] if with_cli else ["library", "msaas"]
+    order = sides + sides[::-1]
     rows = []
-    with Stack(repo) as stack, tempfile.TemporaryDirectory(prefix="msaas-bench-cli-") as work:
+    library = Library(repo)
+    with Stack(repo) as stack, tempfile.TemporaryDirectory(prefix="msaas-bench-") as work:
         worker = stack.workers[0]
+        threads = {"cli": cli_threads(), "library": library.threads, "msaas": stack.torch_threads()}
+        print("torch threads: " + ", ".join(f"{side} {threads[side]}" for side in sides), flush=True)
         for seconds in lengths:
             path = song(seconds)
-            before = model_only(repo, path)  # before and after: this machine's speed drifts, the pair shows by how much
-            Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # reset the worker's peak RSS
-            msaas_s, songhash = stack.separate(path)
-            msaas_mb = vm_hwm_mb(worker.pid)
-            after = model_only(repo, path)
-            job, line = in_job(stack, songhash)
-            print(
-                f"{seconds} s song: MSaaS {msaas_s:.1f} s ({seconds / msaas_s:.1f}x real time), peak RSS {msaas_mb:.0f} MB; "
-                f"model only {before:.1f} s before, {after:.1f} s after\n  the worker: {line}",
-                flush=True,
-            )
-            if not with_cli:
-                continue
-            cli_s, cli_mb = cli(repo, path, Path(work) / f"cli-{seconds}")
-            rows.append((seconds, cli_s, msaas_s, cli_mb, msaas_mb, before, after, job))
-            print_rows(rows)
+            times: dict[str, list[float]] = {side: [] for side in sides}
+            peaks: dict[str, list[float]] = {side: [] for side in sides}
+            job: dict[str, float] = {}
+            for n in range(rounds):
+                for k, side in enumerate(order):
+                    out = Path(work) / f"{side}-{seconds}-{n}-{k}"
+                    if side == "cli":
+                        elapsed, peak = cli(repo, path, out)
+                    elif side == "library":
+                        elapsed, peak = library.separate(path, out)
+                    else:
+                        Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # reset the worker's peak RSS
+                        elapsed, songhash = stack.separate(path)
+                        peak = vm_hwm_mb(worker.pid)
+                        job, line = in_job(stack, songhash)
+                        stack.forget(songhash)  # the same song again is a new job, not "already done"
+                    times[side].append(elapsed)
+                    peaks[side].append(peak)
+                    print(f"{seconds} s song, round {n + 1}, {side}: {elapsed:.1f} s, peak RSS {peak:,.0f} MB", flush=True)
+            print(f"  the worker's last job: {line}", flush=True)
+            rows.append((seconds, times, peaks, job))
+            print_rows(rows, sides)
+    library.close()
 
 
-def print_rows(rows) -> None:
-    print(
-        "| song | demucs CLI | MSaaS | time ratio | real time | CLI peak RSS | MSaaS peak RSS | RSS ratio "
-        "| model only (before / after) | share | in job: forward passes | share | overhead | read | drain | encoding CPU |"
-    )
-    print("|---" * 16 + "|")
-    for seconds, cli_s, msaas_s, cli_mb, msaas_mb, before, after, job in rows:
-        model = (before + after) / 2
-        share = job["forward"] / msaas_s
-        print(
-            f"| {seconds} s | {cli_s:.1f} s | {msaas_s:.1f} s | {msaas_s / cli_s:.2f} | {seconds / msaas_s:.1f}x "
-            f"| {cli_mb:,.0f} MB | {msaas_mb:,.0f} MB | {msaas_mb / cli_mb:.2f} "
-            f"| {before:.1f} / {after:.1f} s | {model / msaas_s:.0%} | {job['forward']:.1f} s | {share:.1%} | {1 - share:.1%} "
-            f"| {job['read']:.1f} s | {job['drain']:.1f} s | {job['encoding']:.1f} s |",
-            flush=True,
-        )
+def print_rows(rows, sides) -> None:
+    anchors = [s for s in sides if s != "msaas"]
+    head = " | ".join(f"{side} time (s)" for side in sides) + " | " + " | ".join(f"MSaaS / {a}" for a in anchors)
+    head += " | " + " | ".join(f"{side} peak RSS (MB)" for side in sides) + " | " + " | ".join(f"RSS / {a}" for a in anchors)
+    print(f"| song | {head} | in job: forward passes | overhead |")
+    print("|---" * (1 + 2 * len(sides) + 2 * len(anchors) + 2) + "|")
+    for seconds, times, peaks, job in rows:
+        median = {side: statistics.median(times[side]) for side in sides}
+        rss = {side: statistics.median(peaks[side]) for side in sides}
+        share = job["forward"] / job["job"] if job else float("nan")
+        cells = [spread(times[side]) for side in sides] + [f"**{median['msaas'] / median[a]:.2f}**" for a in anchors]
+        cells += [spread(peaks[side]) for side in sides] + [f"{rss['msaas'] / rss[a]:.2f}" for a in anchors]
+        print(f"| {seconds} s | " + " | ".join(cells) + f" | {share:.1%} | **{1 - share:.1%}** |", flush=True)
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main([int(a) for a in args if a != "--no-cli"] or [30, 120, 600], with_cli="--no-cli" not in args)
+    rounds = int(args[args.index("--rounds") + 1]) if "--rounds" in args else 2
+    if "--rounds" in args:
+        del args[args.index("--rounds") : args.index("--rounds") + 2]
+    main([int(a) for a in args if a != "--no-cli"] or [30, 120, 600], rounds, with_cli="--no-cli" not in args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -88,6 +89,19 @@ class Stack:
         if status["state"] != "done":
             raise RuntimeError(f"the job failed: {status}")
         return status["finished"] - started, songhash
+
+    def forget(self, songhash: str) -> None:
+        """Remove a song's job and stems, so that sending it again separates it again (a benchmark's next round)."""
+        self.redis.delete(keys.job_key(songhash), keys.parts_key(songhash))
+        for stem in (Path(self.env["STORAGE_DIR"]) / "output").glob(f"{songhash}-*"):
+            stem.unlink()
+
+    def torch_threads(self) -> int:
+        """The first worker's torch threads, as it logged them when it started."""
+        for line in self.redis.lrange(keys.LOGGING, 0, -1):
+            if m := re.search(r"ready: model \S+, (\d+) torch threads", line):
+                return int(m[1])
+        return 0
 
     def log_lines(self, songhash: str) -> list[str]:
         return [line for line in reversed(self.redis.lrange(keys.LOGGING, 0, -1)) if songhash in line]
