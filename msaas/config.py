@@ -6,9 +6,10 @@ import base64
 import binascii
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 
@@ -35,10 +36,7 @@ def _flag(value: str | None, default: bool = False) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
+def _as_number(raw: str, name: str) -> float:
     try:
         return float(raw)
     except ValueError:
@@ -121,104 +119,101 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        redis_url = env.get("REDIS_URL")
-        if not redis_url:
-            host = env.get("REDIS_HOST") or "localhost"
-            port = _port(env.get("REDIS_PORT") or "6379", "REDIS_PORT")
-            redis_url = f"redis://{host}:{port}/0"
-        elif urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {redis_url!r}")
-        repo = env.get("DEMUCS_REPO")
-        return cls(
-            redis_url=redis_url,
-            minio_host=env.get("MINIO_HOST") or None,
-            minio_access_key=env.get("MINIO_ACCESS_KEY", cls.minio_access_key),
-            minio_secret_key=env.get("MINIO_SECRET_KEY", cls.minio_secret_key),
-            minio_secure=_flag(env.get("MINIO_SECURE")),
-            storage_dir=Path(env.get("STORAGE_DIR") or cls.storage_dir),
-            demucs_model=env.get("DEMUCS_MODEL") or cls.demucs_model,
-            demucs_repo=Path(repo) if repo else None,
-            port=_port(env.get("PORT") or "5000", "PORT"),
-            max_upload_bytes=int(_number(env, "MAX_UPLOAD_MB", 100) * 1024 * 1024),
-            max_duration_s=_number(env, "MAX_DURATION_S", cls.max_duration_s),
-            callback_secret=_callback_secret(env.get("CALLBACK_SECRET")),
-            callback_allow_private=_flag(env.get("CALLBACK_ALLOW_PRIVATE")),
-            callback_timeout_s=_number(env, "CALLBACK_TIMEOUT_S", cls.callback_timeout_s),
-            job_max_attempts=int(_number(env, "JOB_MAX_ATTEMPTS", cls.job_max_attempts)),
-            heartbeat_ttl_s=int(_number(env, "HEARTBEAT_TTL_S", cls.heartbeat_ttl_s)),
-            device=env.get("DEMUCS_DEVICE") or cls.device,
-            torch_threads=int(_number(env, "TORCH_THREADS", 0)),
-            encoder_threads=int(_number(env, "ENCODER_THREADS", 0)),
-            hostname=env.get("HOSTNAME") or socket.gethostname(),
-            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
-            log_stdout=_flag(env.get("LOG_STDOUT"), default=True),
-            api_keys=tuple(k.strip() for k in (env.get("API_KEYS") or "").split(",") if k.strip()),
-            worker_grace_s=_number(env, "WORKER_GRACE_S", cls.worker_grace_s),
-            metrics_port=int(_number(env, "METRICS_PORT", cls.metrics_port)),
-            torch_home=Path(env["TORCH_HOME"]) if env.get("TORCH_HOME") else None,
-            split_over_s=_number(env, "SPLIT_OVER_S", cls.split_over_s),
-            split_max_parts=max(1, int(_number(env, "SPLIT_MAX_PARTS", cls.split_max_parts))),
-            retention_s=max(0.0, _number(env, "RETENTION_S", cls.retention_s)),
-            job_stall_s=max(0.0, _number(env, "JOB_STALL_S", cls.job_stall_s)),
-            max_sample_rate=int(_number(env, "MAX_SAMPLE_RATE", cls.max_sample_rate)),
-            max_stems_bytes=int(_number(env, "MAX_STEMS_MB", 2048) * 1024 * 1024),
-            max_uploads=max(1, int(_number(env, "MAX_UPLOADS", cls.max_uploads))),
-            redis_maxmemory=env.get("REDIS_MAXMEMORY") or cls.redis_maxmemory,
-            redis_password=env.get("REDIS_PASSWORD") or None,
-            host=env.get("HOST") or None,
-            rate_limit=_rate_limit(env.get("RATE_LIMIT")),
-            max_queued_songs=max(1, int(_number(env, "MAX_QUEUED_SONGS", cls.max_queued_songs))),
-        )
+        values: dict[str, Any] = {}
+        for name, var in VARIABLES.items():
+            raw = env.get(var.env)
+            if raw not in (None, ""):
+                values[name] = var.read(raw)
+        values["redis_url"] = _redis_url(env)
+        values.setdefault("hostname", socket.gethostname())
+        return cls(**values)
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes `from_env` give these settings back (for child processes)."""
-        env = {
-            "REDIS_URL": self.redis_url,
-            "STORAGE_DIR": str(self.storage_dir),
-            "DEMUCS_MODEL": self.demucs_model,
-            "PORT": str(self.port),
-            "MAX_UPLOAD_MB": repr(self.max_upload_bytes / (1024 * 1024)),
-            "MAX_DURATION_S": repr(self.max_duration_s),
-            "CALLBACK_ALLOW_PRIVATE": "1" if self.callback_allow_private else "0",
-            "CALLBACK_TIMEOUT_S": repr(self.callback_timeout_s),
-            "JOB_MAX_ATTEMPTS": str(self.job_max_attempts),
-            "HEARTBEAT_TTL_S": str(self.heartbeat_ttl_s),
-            "DEMUCS_DEVICE": self.device,
-            "TORCH_THREADS": str(self.torch_threads),
-            "ENCODER_THREADS": str(self.encoder_threads),
-            "LOG_LEVEL": self.log_level,
-            "LOG_STDOUT": "1" if self.log_stdout else "0",
-            "WORKER_GRACE_S": repr(self.worker_grace_s),
-            "METRICS_PORT": str(self.metrics_port),
-            "SPLIT_OVER_S": repr(self.split_over_s),
-            "SPLIT_MAX_PARTS": str(self.split_max_parts),
-            "RETENTION_S": repr(self.retention_s),
-            "JOB_STALL_S": repr(self.job_stall_s),
-            "MAX_SAMPLE_RATE": str(self.max_sample_rate),
-            "MAX_STEMS_MB": repr(self.max_stems_bytes / (1024 * 1024)),
-            "MAX_UPLOADS": str(self.max_uploads),
-            "REDIS_MAXMEMORY": self.redis_maxmemory,
-            "MAX_QUEUED_SONGS": str(self.max_queued_songs),
-        }
-        for name, value in (("REDIS_PASSWORD", self.redis_password), ("HOST", self.host), ("RATE_LIMIT", self.rate_limit)):
-            if value:
-                env[name] = value
-        if self.torch_home:
-            env["TORCH_HOME"] = str(self.torch_home)
-        if self.api_keys:
-            env["API_KEYS"] = ",".join(self.api_keys)
-        if self.minio_host:
-            env.update(
-                MINIO_HOST=self.minio_host,
-                MINIO_ACCESS_KEY=self.minio_access_key,
-                MINIO_SECRET_KEY=self.minio_secret_key,
-                MINIO_SECURE="1" if self.minio_secure else "0",
-            )
-        if self.demucs_repo:
-            env["DEMUCS_REPO"] = str(self.demucs_repo)
-        if self.callback_secret:
-            env["CALLBACK_SECRET"] = self.callback_secret
+        env = {"REDIS_URL": self.redis_url}
+        for name, var in VARIABLES.items():
+            value = getattr(self, name)
+            if var.written and value not in (None, ()) and (var.with_ is None or getattr(self, var.with_)):
+                env[var.env] = var.write(value)
         return env
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    redis_url = env.get("REDIS_URL")
+    if not redis_url:
+        host = env.get("REDIS_HOST") or "localhost"
+        port = _port(env.get("REDIS_PORT") or "6379", "REDIS_PORT")
+        return f"redis://{host}:{port}/0"
+    if urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {redis_url!r}")
+    return redis_url
+
+
+@dataclass(frozen=True)
+class Var:
+    """One setting: its environment variable, how it is read, how it is written back for a child process."""
+
+    env: str
+    read: Callable[[str], Any] = str
+    write: Callable[[Any], str] = str
+    with_: str | None = None  # written only when this other setting is set
+    written: bool = True
+
+
+def _int(name: str, least: int | None = None) -> Callable[[str], int]:
+    return lambda raw: int(_as_number(raw, name)) if least is None else max(least, int(_as_number(raw, name)))
+
+
+def _float(name: str, least: float | None = None) -> Callable[[str], float]:
+    return lambda raw: _as_number(raw, name) if least is None else max(least, _as_number(raw, name))
+
+
+def _flag_text(value: bool) -> str:
+    return "1" if value else "0"
+
+
+MIB = 1024 * 1024
+
+# Every setting but REDIS_URL (from REDIS_URL, or REDIS_HOST and REDIS_PORT) and HOSTNAME's default, keyed by field.
+VARIABLES: dict[str, Var] = {
+    "minio_host": Var("MINIO_HOST"),
+    "minio_access_key": Var("MINIO_ACCESS_KEY", with_="minio_host"),
+    "minio_secret_key": Var("MINIO_SECRET_KEY", with_="minio_host"),
+    "minio_secure": Var("MINIO_SECURE", _flag, _flag_text, with_="minio_host"),
+    "storage_dir": Var("STORAGE_DIR", Path),
+    "demucs_model": Var("DEMUCS_MODEL"),
+    "demucs_repo": Var("DEMUCS_REPO", Path),
+    "port": Var("PORT", lambda raw: _port(raw, "PORT")),
+    "max_upload_bytes": Var("MAX_UPLOAD_MB", lambda raw: int(_as_number(raw, "MAX_UPLOAD_MB") * MIB), lambda v: repr(v / MIB)),
+    "max_duration_s": Var("MAX_DURATION_S", _float("MAX_DURATION_S"), repr),
+    "callback_secret": Var("CALLBACK_SECRET", _callback_secret),
+    "callback_allow_private": Var("CALLBACK_ALLOW_PRIVATE", _flag, _flag_text),
+    "callback_timeout_s": Var("CALLBACK_TIMEOUT_S", _float("CALLBACK_TIMEOUT_S"), repr),
+    "job_max_attempts": Var("JOB_MAX_ATTEMPTS", _int("JOB_MAX_ATTEMPTS")),
+    "heartbeat_ttl_s": Var("HEARTBEAT_TTL_S", _int("HEARTBEAT_TTL_S")),
+    "device": Var("DEMUCS_DEVICE"),
+    "torch_threads": Var("TORCH_THREADS", _int("TORCH_THREADS")),
+    "encoder_threads": Var("ENCODER_THREADS", _int("ENCODER_THREADS")),
+    "hostname": Var("HOSTNAME", written=False),  # each process's own
+    "log_level": Var("LOG_LEVEL", str.upper),
+    "log_stdout": Var("LOG_STDOUT", lambda raw: _flag(raw, default=True), _flag_text),
+    "api_keys": Var("API_KEYS", lambda raw: tuple(k.strip() for k in raw.split(",") if k.strip()), ",".join),
+    "worker_grace_s": Var("WORKER_GRACE_S", _float("WORKER_GRACE_S"), repr),
+    "metrics_port": Var("METRICS_PORT", _int("METRICS_PORT")),
+    "torch_home": Var("TORCH_HOME", Path),
+    "split_over_s": Var("SPLIT_OVER_S", _float("SPLIT_OVER_S"), repr),
+    "split_max_parts": Var("SPLIT_MAX_PARTS", _int("SPLIT_MAX_PARTS", least=1)),
+    "retention_s": Var("RETENTION_S", _float("RETENTION_S", least=0.0), repr),
+    "job_stall_s": Var("JOB_STALL_S", _float("JOB_STALL_S", least=0.0), repr),
+    "max_sample_rate": Var("MAX_SAMPLE_RATE", _int("MAX_SAMPLE_RATE")),
+    "max_stems_bytes": Var("MAX_STEMS_MB", lambda raw: int(_as_number(raw, "MAX_STEMS_MB") * MIB), lambda v: repr(v / MIB)),
+    "max_uploads": Var("MAX_UPLOADS", _int("MAX_UPLOADS", least=1)),
+    "redis_maxmemory": Var("REDIS_MAXMEMORY"),
+    "redis_password": Var("REDIS_PASSWORD"),
+    "host": Var("HOST"),
+    "rate_limit": Var("RATE_LIMIT", _rate_limit),
+    "max_queued_songs": Var("MAX_QUEUED_SONGS", _int("MAX_QUEUED_SONGS", least=1)),
+}

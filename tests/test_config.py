@@ -71,3 +71,29 @@ def test_a_rate_limit_that_does_not_parse_stops_rest_at_start():
     with pytest.raises(ConfigError, match="RATE_LIMIT"):
         Settings.from_env({"RATE_LIMIT": "lots"})
     assert Settings.from_env({"RATE_LIMIT": "30/minute;500/day"}).rate_limit == "30/minute;500/day"
+
+
+def test_every_setting_is_read_and_written_back_through_one_table():
+    from dataclasses import fields
+
+    from msaas.config import VARIABLES
+
+    assert {f.name for f in fields(Settings)} - set(VARIABLES) == {"redis_url"}
+    everything = {
+        "MINIO_HOST": "minio:9000", "MINIO_ACCESS_KEY": "a", "MINIO_SECRET_KEY": "b", "MINIO_SECURE": "1", "STORAGE_DIR": "/s",
+        "DEMUCS_MODEL": "m", "DEMUCS_REPO": "/r", "PORT": "5001", "MAX_UPLOAD_MB": "12.5", "MAX_DURATION_S": "60",
+        "CALLBACK_SECRET": "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "CALLBACK_ALLOW_PRIVATE": "1", "CALLBACK_TIMEOUT_S": "3",
+        "JOB_MAX_ATTEMPTS": "5", "HEARTBEAT_TTL_S": "7", "DEMUCS_DEVICE": "cpu", "TORCH_THREADS": "3", "ENCODER_THREADS": "2",
+        "LOG_LEVEL": "debug", "LOG_STDOUT": "0", "API_KEYS": "k1, k2", "WORKER_GRACE_S": "9", "METRICS_PORT": "0",
+        "TORCH_HOME": "/t", "SPLIT_OVER_S": "100", "SPLIT_MAX_PARTS": "3", "RETENTION_S": "60", "JOB_STALL_S": "30",
+        "MAX_SAMPLE_RATE": "48000", "MAX_STEMS_MB": "10", "MAX_UPLOADS": "2", "REDIS_MAXMEMORY": "64mb",
+        "REDIS_PASSWORD": "pw", "HOST": "0.0.0.0", "RATE_LIMIT": "5/minute", "MAX_QUEUED_SONGS": "3", "HOSTNAME": "here",
+        "REDIS_HOST": "cache", "REDIS_PORT": "7000",
+    }  # fmt: skip
+    s = Settings.from_env(everything)
+    assert s.api_keys == ("k1", "k2") and s.max_upload_bytes == int(12.5 * 1024 * 1024) and s.log_level == "DEBUG"
+    assert s.redis_url == "redis://cache:7000/0" and not s.log_stdout and s.hostname == "here"
+    defaults = Settings.from_env({"HOSTNAME": "here"})
+    for f in fields(Settings):  # every setting was read: none kept its default
+        assert getattr(s, f.name) != getattr(defaults, f.name) or f.name == "hostname", f.name
+    assert Settings.from_env({**s.to_env(), "HOSTNAME": "here"}) == s
