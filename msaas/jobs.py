@@ -137,7 +137,8 @@ class Job:
 
     def to_message(self) -> str:
         body: dict[str, Any] = {"songhash": self.songhash, "model": self.model, "callback": self.callback}
-        body.update(self.options)
+        if self.options:  # under their own key: an option can never be taken for one of the message's own fields
+            body["options"] = self.options
         if self.part is not None:
             body["part"] = self.part
         if self.stitch:
@@ -160,6 +161,10 @@ class Job:
             raise BadMessage("not a JSON object")
         songhash, model, callback = body.pop("songhash", None), body.pop("model", None), body.pop("callback", None)
         part, stitch, tenant = body.pop("part", None), body.pop("stitch", False), body.pop("tenant", None)
+        # Older workers' messages (before 2026-12) carried the output options at the top level: still read the same.
+        options = body.pop("options") if "options" in body else body
+        if not isinstance(options, dict):
+            raise BadMessage("options that are not an object")
         if not isinstance(songhash, str) or not _SONGHASH.match(songhash):
             raise BadMessage("no songhash")
         if not isinstance(model, str) or not model:
@@ -170,7 +175,7 @@ class Job:
             raise BadMessage("a part that is not a number")
         if tenant is not None and not isinstance(tenant, str):
             raise BadMessage("a tenant that is not a string")
-        return cls(songhash, model, callback, body, raw, part, bool(stitch), tenant)
+        return cls(songhash, model, callback, options, raw, part, bool(stitch), tenant)
 
 
 _SONGHASH = re.compile(r"^[0-9A-Za-z_-]{1,128}$")

@@ -271,3 +271,26 @@ def test_the_dead_letter_list_stays_bounded(redis_client):
         redis_client.lpush(keys.QUEUE, f"garbage {i}")
         jobs.claim("w1", 1)
     assert redis_client.llen(keys.DEAD) == keys.DEAD_MAX
+
+
+def test_output_options_travel_under_their_own_key_and_older_messages_still_read():
+    job = Job("h1", "m", None, {"format": "wav", "part": "not the part field"})
+    body = json.loads(job.to_message())
+    assert body["options"] == {"format": "wav", "part": "not the part field"} and "part" not in body
+    again = Job.from_message(job.to_message())
+    assert again.options == job.options and again.part is None and again.whole
+    older = '{"bitrate": 192, "callback": null, "format": "mp3", "model": "m", "songhash": "h2"}'  # as workers wrote them
+    assert Job.from_message(older).options == {"bitrate": 192, "format": "mp3"}
+    assert json.loads(Job("h3", "m").to_message()) == {"songhash": "h3", "model": "m", "callback": None}  # the course's
+
+
+def test_a_queue_written_by_the_previous_version_is_run_by_this_one(redis_client):
+    """A rolling upgrade: messages and records an older rest wrote (options at the top level) are taken, run and ended."""
+    jobs = q(redis_client)
+    redis_client.hset(keys.job_key("old1"), mapping={"state": "queued", "stage": "queued", "progress": 0, "model": "m",
+                                                      "options": '{"format": "flac"}', "created": 1, "updated": 1, "attempts": 0})  # fmt: skip
+    redis_client.lpush(keys.QUEUE, '{"callback": null, "format": "flac", "model": "m", "songhash": "old1"}')
+    job = jobs.claim("w1", 1)
+    assert job.songhash == "old1" and job.options == {"format": "flac"}
+    jobs.finish("w1", job, ["vocals"])
+    assert jobs.status("old1")["state"] == "done" and redis_client.llen(keys.processing_key("w1")) == 0

@@ -63,7 +63,7 @@ def test_choices_change_the_hash_and_travel_with_the_job(live_app, song):
     r = post_json(live_app, {"mp3": b64(song), "two_stems": "vocals", "format": "flac"})
     assert r.status_code == 200 and r.json()["hash"] != plain
     raw = live_app.backends.redis.lrange(keys.QUEUE, 0, 0)[0]
-    assert json.loads(raw)["two_stems"] == "vocals" and json.loads(raw)["format"] == "flac"
+    assert json.loads(raw)["options"] == {"two_stems": "vocals", "format": "flac"}
 
 
 def test_models_are_listed_with_their_tracks(live_app):
