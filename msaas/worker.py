@@ -47,6 +47,12 @@ RETRY_LOAD_AFTER_S = 300
 RECORD_RETRY_MAX_S = 5.0  # while redis is away, a job's end is recorded again at least this often
 STORE_RETRY_S = (2.0, 4.0, 8.0)  # waits between tries to store a job's results
 EXIT_STALLED = 3  # the worker's exit status when its watchdog found its job stalled
+GRACE_LAST_RESORT_S = 15.0  # after the grace period, how long a job may take to reach its next progress report
+
+
+class GraceOver(BaseException):
+    """Raised from a job's progress report once SIGTERM's grace period is over: not an error of the job's, so it is a
+    BaseException that no `except Exception` on its way up can take for one."""
 
 
 class ResultsNotStored(RuntimeError):
@@ -76,6 +82,7 @@ class Worker:
         self.separators: dict[str, Separator] = {}
         self.load_errors: dict[str, tuple[float, str]] = {}
         self.stopping = threading.Event()
+        self.grace_over = threading.Event()  # SIGTERM's grace period has run out: the current job stops at its next progress
         self.outage_backoff_s = 0.0
         self.current: Job | None = None  # the job being processed, and when its progress last moved (the watchdog's)
         self.moved_at = time.monotonic()
@@ -202,8 +209,20 @@ class Worker:
         timer.start()
 
     def _out_of_grace(self) -> None:
+        """The job's next progress report ends it (GraceOver) and it goes back to the queue, its attempt refunded. Only if
+        none comes within GRACE_LAST_RESORT_S (a stuck download, say) is the main thread interrupted wherever it is."""
+        if self.current is None:
+            return
         log.warning("worker %s: grace period over; putting the current job back in the queue", self.name)
-        _thread.interrupt_main()  # KeyboardInterrupt in the loop; run() then retires, requeueing the job
+        self.grace_over.set()
+        timer = threading.Timer(GRACE_LAST_RESORT_S, self._interrupt_if_still_busy)
+        timer.daemon = True
+        timer.start()
+
+    def _interrupt_if_still_busy(self) -> None:
+        if self.current is not None:
+            log.warning("worker %s: the job did not stop at its progress; interrupting it", self.name)
+            _thread.interrupt_main()  # KeyboardInterrupt in the loop; run() then retires, requeueing the job
 
     def run(self, preload: bool = True) -> None:
         import torch
@@ -296,6 +315,8 @@ class Worker:
         unrecorded = [False]
 
         def progress(stage: str, fraction: float) -> None:
+            if self.grace_over.is_set():
+                raise GraceOver
             now = self.moved_at = time.monotonic()
             if stage == last[1] and now - last[0] < 0.5 and fraction < 1.0:
                 return
@@ -316,6 +337,10 @@ class Worker:
                     tracks = self._stitch(job, Path(tmp), progress)
                 else:
                     tracks = self._separate(job, Path(tmp), progress)
+        except GraceOver:
+            self._record(self.jobs.give_back, self.name, job, True)
+            log.info("job %s: put back in the queue (the worker is stopping)", job.songhash)
+            return
         except (ModelUnavailable, audio.NotAudio, audio.TooLong, ValueError) as exc:
             self._fail(job, str(exc), retry=False)
             return

@@ -90,12 +90,15 @@ def test_sigterm_lets_the_current_job_finish(settings, redis_client, processes, 
 def test_sigterm_past_the_grace_period_puts_the_job_back(settings, redis_client, processes, tmp_path):
     client = start_rest(settings, processes)
     h = client.submit(make_song(tmp_path / "s.mp3", seconds=25, seed=4))["hash"]
-    worker = msaas_process("worker", settings.with_(worker_grace_s=0.5))
+    log = tmp_path / "worker.log"
+    worker = msaas_process("worker", settings.with_(worker_grace_s=0.5), log=log)
     processes.append(worker)
     wait_until(lambda: client.status(h).get("stage") == "separating", what="separation to start")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(60) == 0
-    assert client.status(h)["state"] == "queued" and client.queue() == [h]
+    status = client.status(h)
+    assert status["state"] == "queued" and status["attempts"] == 0 and client.queue() == [h]
+    assert "put back in the queue (the worker is stopping)" in log.read_text()  # at its progress, not by an interrupt
     queued = [json.loads(raw)["songhash"] for raw in redis_client.lrange(keys.QUEUE, 0, -1)]
     assert queued == [h]
 
