@@ -1,13 +1,23 @@
 """`msaas fetch-model` against a real HTTP server that serves demucs-format files, as demucs' model host does."""
 
 import functools
+import hashlib
+import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
+import yaml
+from demucs.pretrained import get_model
+from demucs.states import load_model
+from safetensors.torch import save_file
 
-from conftest import TINY, build_tiny_model, free_port
+from conftest import ROOT, TINY, build_tiny_model, free_port
 from msaas.fetch import fetch_model
 
 
@@ -43,8 +53,6 @@ def model_host(tmp_path):
 
 
 def test_fetch_model_downloads_a_bag_into_a_directory_that_loads_as_demucs_repo(model_host, tmp_path):
-    from demucs.pretrained import get_model
-
     root_url, remote, asked, name = model_host
     dest = tmp_path / "models"
     fetch_model(TINY, dest, root_url=root_url, remote=remote)
@@ -64,3 +72,68 @@ def test_a_download_that_does_not_match_its_checksum_is_refused_and_not_kept(mod
 
         _from_legacy_repo(TINY, tmp_path / "models", root_url, remote)
     assert not (tmp_path / "models" / name).exists()  # nothing a later fetch would take for the model
+
+
+FETCH_IN_A_FRESH_PROCESS = """
+import sys
+from pathlib import Path
+from msaas.fetch import fetch_model
+fetch_model("htdemucs", Path(sys.argv[1]), root_url=sys.argv[2])
+"""
+
+
+def test_fetch_model_falls_back_to_the_hugging_face_hub_and_converts_to_demucs_format(tmp_path):
+    """The legacy host answers 404; a stand-in for the hub (its `resolve` endpoint: HEAD with X-Repo-Commit and ETag, then
+    GET) serves `htdemucs.yaml` and a model in demucs' safetensors layout. fetch-model writes demucs' own format."""
+    built = build_tiny_model(tmp_path / "built")
+    (weights,) = built.glob("*.th")
+    package = torch.load(weights, weights_only=False)
+    model = load_model(package)
+    hub = tmp_path / "hub" / "adefossez" / "HTDemucs" / "resolve" / "main"
+    hub.mkdir(parents=True)
+    metadata = {
+        "klass": "demucs.htdemucs.HTDemucs",
+        "args": json.dumps(list(package["args"])),
+        "kwargs": json.dumps(package["kwargs"]),
+    }
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, hub / "abcd1234.safetensors", metadata=metadata)
+    (hub / "htdemucs.yaml").write_text(yaml.safe_dump({"models": ["abcd1234"]}))
+    asked = []
+
+    class Hub(Quiet):
+        def send_head(self):
+            asked.append((self.command, self.path))
+            path = tmp_path / "hub" / self.path.lstrip("/")
+            if not path.is_file():
+                self.send_error(404)
+                return None
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("X-Repo-Commit", "0" * 40)
+            self.end_headers()
+            return open(path, "rb")
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    env = {**os.environ, "HF_ENDPOINT": base, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(ROOT)}
+    dest = tmp_path / "models"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", FETCH_IN_A_FRESH_PROCESS, str(dest), f"{base}/legacy/"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("GET", "/adefossez/HTDemucs/resolve/main/abcd1234.safetensors") in asked
+    assert sorted(p.suffix for p in dest.iterdir()) == [".th", ".yaml"]  # demucs' own format, not safetensors
+    loaded = get_model("htdemucs", dest)
+    assert loaded.sources == ["drums", "bass", "other", "vocals"]
+    first = next(iter(loaded.models))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), model.state_dict().values(), strict=True))
