@@ -13,7 +13,8 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from .. import audio, callbacks, models, storage
 from ..jobs import Job, JobState, songhash_of_file
-from . import auth, backends, uploads
+from . import auth, uploads
+from .backends import backends
 from .errors import ApiError
 
 log = logging.getLogger("msaas.rest")

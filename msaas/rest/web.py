@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from . import backends
+from .backends import backends
 
 bp = Blueprint("web", __name__)
 

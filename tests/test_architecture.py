@@ -1,0 +1,97 @@
+"""The import graph: no cycle at module level, nothing imports back up, and rest, logs and the CLI's client side never
+load torch (rest's image has none, and it starts in well under a second)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "msaas"
+
+
+def torch_side() -> set[str]:
+    """The modules that import torch themselves (at any level)."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "torch" or n.startswith("torch.") or n.startswith("demucs") for n in names):
+                found.add(module_name(path))
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(top_level_only: bool) -> dict[str, set[str]]:
+    """msaas module -> the msaas modules it imports (at module level only, or anywhere in it)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        tree = ast.parse(path.read_text())
+        nodes = tree.body if top_level_only else list(ast.walk(tree))
+        found = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("msaas")}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                if base.startswith("msaas"):
+                    found.add(base)
+                    found |= {
+                        f"{base}.{a.name}"
+                        for a in node.names
+                        if (PACKAGE.parent / f"{base}.{a.name}".replace(".", "/")).with_suffix(".py").exists()
+                    }
+        graph[name] = found - {name}
+    return graph
+
+
+def test_no_cycle_among_module_level_imports():
+    graph = imports(top_level_only=True)
+    visiting, done = set(), set()
+
+    def visit(node, trail):
+        if node in done:
+            return
+        assert node not in visiting, "import cycle: " + " -> ".join([*trail, node])
+        visiting.add(node)
+        for nxt in graph.get(node, ()):
+            visit(nxt, [*trail, node])
+        visiting.discard(node)
+        done.add(node)
+
+    for node in graph:
+        visit(node, [])
+
+
+def test_nothing_imports_back_up():
+    graph, heavy = imports(top_level_only=False), torch_side()
+    assert {"msaas.separation", "msaas.worker"} <= heavy and not {n for n in heavy if n.startswith("msaas.rest")}
+    for name, targets in graph.items():
+        if name.startswith("msaas.rest") or name in ("msaas.logs", "msaas.client", "msaas.metrics"):
+            assert not targets & heavy, f"{name} imports {targets & heavy}"
+        if name in heavy or name.startswith(("msaas.jobs", "msaas.storage", "msaas.config", "msaas.keys")):
+            assert not {t for t in targets if t.startswith(("msaas.rest", "msaas.cli", "msaas.embedded"))}, name
+
+
+def test_rest_logs_and_the_client_load_no_torch():
+    code = (
+        "import sys\n"
+        "import msaas.rest, msaas.rest.api, msaas.rest.web, msaas.rest.server, msaas.logs, msaas.client, msaas.cli\n"
+        "from msaas.config import Settings\n"
+        "msaas.rest.create_app(Settings(), client=__import__('redis').Redis(port=1))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
