@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deploy the whole stack (redis, minio, rest, workers, logs) to the current kubectl context.
-# Usage: ./deploy.sh [OVERLAY]    OVERLAY: base (default), overlays/laptop, overlays/gke, overlays/gpu, overlays/autoscaling
+# Usage: ./deploy.sh [OVERLAY]    OVERLAY: base (default), overlays/laptop, overlays/gke, overlays/gpu, overlays/autoscaling,
+#        overlays/gpu-autoscaling, or any kustomization of yours combining components/
 # Build and push the images first (make images push REGISTRY=...); see README "Run on Kubernetes".
 set -euo pipefail
 cd "$(dirname "$0")"

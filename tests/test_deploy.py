@@ -14,7 +14,15 @@ from conftest import BIN, ROOT, needs
 from msaas.cli import parser
 from msaas.rest import ENVELOPE_BYTES
 
-KUSTOMIZATIONS = [".", "base", "overlays/laptop", "overlays/gke", "overlays/gpu", "overlays/autoscaling"]
+KUSTOMIZATIONS = [
+    ".",
+    "base",
+    "overlays/laptop",
+    "overlays/gke",
+    "overlays/gpu",
+    "overlays/autoscaling",
+    "overlays/gpu-autoscaling",
+]
 DOCKERFILES = ["rest/Dockerfile", "worker/Dockerfile", "logs/Dockerfile"]
 COMPONENTS = {"rest": "msaas-rest", "worker": "msaas-worker", "logs": "msaas-logs"}
 K8S_VERSION = "1.37.0"
@@ -345,3 +353,11 @@ def test_deploy_adds_what_an_older_secret_lacks_and_keeps_its_store_root(tmp_pat
     assert (secret["MINIO_ROOT_USER"], secret["MINIO_ROOT_PASSWORD"]) == ("msaas-old", "oldsecret")  # MinIO's data stays readable
     assert secret["MINIO_ACCESS_KEY"] != "msaas-old" and secret["REDIS_PASSWORD"] and secret["API_KEYS"]
     subprocess.run([str(ROOT / "deploy-local-dev.sh"), "stop"], env=env, timeout=30)
+
+
+def test_components_combine_gpu_workers_with_autoscaling():
+    objects = render("overlays/gpu-autoscaling")
+    assert container(objects, "worker")["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert by_kind(objects, "ScaledObject")["worker"]["spec"]["scaleTargetRef"]["name"] == "worker"
+    redis_from = by_kind(objects, "NetworkPolicy")["redis"]["spec"]["ingress"][0]["from"]
+    assert {"kubernetes.io/metadata.name": "keda"} in [f.get("namespaceSelector", {}).get("matchLabels") for f in redis_from]
