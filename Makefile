@@ -51,8 +51,8 @@ bench-split: $(STAMP)  ## one long song, 1 worker against N workers with the son
 bench-quality: $(STAMP)  ## SDR of each model against known sources (DEMUCS_REPO=dir for Demucs models)
 	$(PY) bench/quality.py $(if $(DEMUCS_REPO),--repo $(DEMUCS_REPO))
 
-IMAGES := rest worker logs
-images:  ## msaas-rest, msaas-worker, msaas-logs (REGISTRY=registry/project/ VERSION=...; MODEL=htdemucs bakes a model in)
+IMAGES := rest worker
+images:  ## msaas-rest (rest and logs), msaas-worker (REGISTRY=registry/project/ VERSION=...; MODEL=htdemucs bakes a model in)
 	for c in $(IMAGES); do docker build -f $$c/Dockerfile -t $(REGISTRY)msaas-$$c:$(VERSION) $(if $(MODEL),--build-arg MODEL=$(MODEL)) . || exit 1; done
 
 push:
