@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from . import audio, models, splitting, storage
+from . import audio, lame, models, splitting, storage
 from .callbacks import CallbackSender
 from .config import Settings
 from .jobs import Job, JobQueue, JobState
@@ -238,6 +238,7 @@ class Worker:
             except OSError as exc:  # a second worker on one machine: the port is taken; metrics are not worth dying for
                 log.warning("no metrics on port %d: %s", self.settings.metrics_port, exc)
         log.info("worker %s ready: model %s, %d torch threads", self.name, self.settings.demucs_model, torch.get_num_threads())
+        (log.info if lame.available() else log.warning)(lame.describe())
         self.publish_models()
         if preload:
             try:

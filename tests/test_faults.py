@@ -117,6 +117,7 @@ def test_workers_wait_out_a_redis_outage_instead_of_crashing(settings, processes
         h = client.submit(make_song(tmp_path / "s.mp3", seconds=1.5))["hash"]
         assert wait_until(lambda: client.status(h)["state"] == "done", 120, "the job")
         assert jobs.connect(settings.redis_url).scard(keys.WORKERS) == 1
+        assert "MP3 stems through LAME" in log.read_text() and "called directly (lameenc" in log.read_text()  # its start line
     finally:
         stop(server)
 

@@ -99,7 +99,8 @@ writer = audio.stem_writer(Path(sys.argv[1]), 44100)
 writer.write(wave)
 writer.close()
 lib = lame.library()
-print(json.dumps({"library": lib._name if lib else None, "music_crc": hasattr(lib, "UpdateMusicCRC"), "writer": type(writer).__name__}))
+print(json.dumps({"library": lib._name if lib else None, "music_crc": hasattr(lib, "UpdateMusicCRC"),
+                  "writer": type(writer).__name__, "said": lame.describe()}))
 """
 
 
@@ -133,12 +134,15 @@ def test_a_lame_without_update_music_crc_still_writes_exact_stems(tmp_path):
     """Debian's libmp3lame (.ci/run installs libmp3lame0) exports LAME's API but not UpdateMusicCRC."""
     used = encode_where_lameenc_is_not_lame(tmp_path, hide_system_lame=False)
     assert used["writer"] == "Mp3Writer" and "mp3lame" in used["library"] and used["music_crc"] is False
+    assert "called directly (libmp3lame" in used["said"] and "does not export UpdateMusicCRC" in used["said"]
     decoded, rate = audio.decode(tmp_path / "stem.mp3")
     assert decoded.shape == (2, 2 * 44100) and rate == 44100
 
 
 def test_with_no_lame_to_load_the_stems_go_through_pyav(tmp_path):
     used = encode_where_lameenc_is_not_lame(tmp_path, hide_system_lame=True)
+    said = used.pop("said")
     assert used == {"library": None, "music_crc": False, "writer": "StemWriter"}
+    assert said.startswith("MP3 stems through FFmpeg's libmp3lame in PyAV") and "2.5x the CPU" in said
     decoded, _ = audio.decode(tmp_path / "stem.mp3")
     assert decoded.shape == (2, 2 * 44100)
