@@ -29,11 +29,15 @@ OPEN_OPTIONS = {"format_whitelist": DEMUXERS, "protocol_whitelist": "file", "ena
 MAX_CHANNELS = 8  # more is not a song; a header claiming hundreds would make every block that much larger
 
 
-class NotAudio(ValueError):
+class SongRejected(ValueError):
+    """The song cannot be separated as asked: trying again would fail the same way, so its job fails at once."""
+
+
+class NotAudio(SongRejected):
     """The bytes are not audio that FFmpeg can decode."""
 
 
-class TooLong(ValueError):
+class TooLong(SongRejected):
     """The audio is longer than the configured maximum."""
 
 

@@ -116,7 +116,7 @@ class DemucsSeparator:
     def chunk_plan(self, length: int) -> ChunkPlan:
         segments = {float(m.segment) for m in self._members()[0]}
         if len(segments) != 1:
-            raise ValueError(f"model {self.name!r} mixes segment lengths {sorted(segments)}, which MSaaS does not stream")
+            raise ModelUnavailable(f"model {self.name!r} mixes segment lengths {sorted(segments)}, which MSaaS does not stream")
         return ChunkPlan(length, int(self.samplerate * segments.pop()))
 
     def weighted_chunks(

@@ -342,7 +342,7 @@ class Worker:
             self._record(self.jobs.give_back, self.name, job, True)
             log.info("job %s: put back in the queue (the worker is stopping)", job.songhash)
             return
-        except (ModelUnavailable, audio.NotAudio, audio.TooLong, ValueError) as exc:
+        except (ModelUnavailable, audio.SongRejected) as exc:  # trying again would fail the same way
             self._fail(job, str(exc), retry=False)
             return
         except storage.ObjectNotFound:
@@ -456,7 +456,7 @@ class Worker:
         sep = self.separator(job.model)
         plan = self.jobs.plan(job.songhash)
         if plan is None or not splitting.can_split(sep) or not 0 <= job.part < len(plan["parts"]):
-            raise ValueError(f"part {job.part} of a song that has no such part (or model {job.model} cannot be split)")
+            raise audio.SongRejected(f"part {job.part} of a song that has no such part (or model {job.model} cannot be split)")
         source = self._download(job, tmp, progress)
         out = tmp / "part"
         forward_s = sep.forward_s
@@ -481,7 +481,7 @@ class Worker:
         sep = self.separator(job.model)
         plan = self.jobs.plan(job.songhash)
         if plan is None or not splitting.can_split(sep):
-            raise ValueError(f"no plan to stitch song {job.songhash} with model {job.model}")
+            raise audio.SongRejected(f"no plan to stitch song {job.songhash} with model {job.model}")
         # Encoding alone, no model running beside it: every CPU this worker may use.
         threads = self.settings.encoder_threads or cpu_budget()
         sink = StemSink(sep, tmp, plan["samples"], plan["rate"], *output_options(job), threads)

@@ -256,3 +256,23 @@ def test_a_workers_memory_does_not_grow_with_the_songs_length(settings, processe
         growth[seconds] = (status_kb(worker.pid, "VmHWM") - before) / 1024
     print(f"worker peak RSS rise: {growth[100]:.0f} MB for 100 s, {growth[300]:.0f} MB for 300 s")
     assert growth[300] < growth[100] + 60
+
+
+def test_a_bug_is_retried_while_a_song_that_cannot_be_separated_fails_at_once(worker, song, tmp_path, monkeypatch):
+    """Only SongRejected (not audio, too long, no such part) ends a job at once; any other ValueError is a bug, retried."""
+
+    def bug(*args):
+        raise ValueError("an index out of range somewhere")
+
+    monkeypatch.setattr(worker, "_separate", bug)
+    h = enqueue(worker, song)
+    run_one(worker)
+    status = worker.jobs.status(h)
+    assert status["state"] == "queued" and status["attempts"] == 1 and "see the worker's log" in status["error"]
+    monkeypatch.undo()
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio" * 100)
+    h2 = enqueue(worker, bad)
+    worker.jobs.r.lrem(keys.QUEUE, 0, worker.jobs.r.lindex(keys.QUEUE, -1))  # the first song's retry: out of the way
+    run_one(worker)
+    assert worker.jobs.status(h2)["state"] == "failed"
