@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -48,6 +49,19 @@ RECORD_RETRY_MAX_S = 5.0  # while redis is away, a job's end is recorded again a
 STORE_RETRY_S = (2.0, 4.0, 8.0)  # waits between tries to store a job's results
 EXIT_STALLED = 3  # the worker's exit status when its watchdog found its job stalled
 GRACE_LAST_RESORT_S = 15.0  # after the grace period, how long a job may take to reach its next progress report
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What handling one message came to: the song done (its tracks stored), or its work handed on (split into parts, or
+    one part stored: the worker that stores the last part has queued the stitch)."""
+
+    tracks: list[str] | None = None
+    handed_on: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.tracks is not None
 
 
 class GraceOver(BaseException):
@@ -330,14 +344,10 @@ class Worker:
                     log.warning("job %s: progress not recorded (%s); the separation goes on", job.songhash, exc)
                 unrecorded[0] = True
 
+        handler = self._separate_part if job.part is not None else self._stitch if job.stitch else self._separate
         try:
             with tempfile.TemporaryDirectory(prefix="msaas-job-") as tmp:
-                if job.part is not None:
-                    tracks = self._separate_part(job, Path(tmp), progress)
-                elif job.stitch:
-                    tracks = self._stitch(job, Path(tmp), progress)
-                else:
-                    tracks = self._separate(job, Path(tmp), progress)
+                handled = handler(job, Path(tmp), progress)
         except GraceOver:
             self._record(self.jobs.give_back, self.name, job, True)
             log.info("job %s: put back in the queue (the worker is stopping)", job.songhash)
@@ -366,8 +376,9 @@ class Worker:
             self._fail(job, f"the separation failed ({exc.__class__.__name__}); see the worker's log", retry=True)
             return
         self.outage_backoff_s = 0.0
-        if tracks is None:  # split into parts, or one part of a split song stored
+        if not handled.done:
             return
+        tracks = handled.tracks
         self._record(self.jobs.finish, self.name, job, tracks)
         self._song_ended(job)
         self.metrics.jobs.labels("done").inc()
@@ -398,7 +409,8 @@ class Worker:
         self.store.get_file(storage.QUEUE_BUCKET, storage.upload_name(job.songhash), source)
         return source
 
-    def _separate(self, job: Job, tmp: Path, progress) -> list[str] | None:
+    def _separate(self, job: Job, tmp: Path, progress) -> Handled:
+        """A whole song: separated here, or split into parts for the live workers."""
         sep = self.separator(job.model)
         started = time.perf_counter()
         source = self._download(job, tmp, progress)
@@ -415,7 +427,7 @@ class Worker:
                 plan = splitting.make_plan(sep, song, parts)
                 self._record(self.jobs.split, self.name, job, plan)
                 log.info("job %s: %.0f s of song, split into %d parts for the workers", job.songhash, seconds, parts)
-                return None
+                return Handled(handed_on=f"split into {parts} parts")
         fmt, bitrate, two_stems = output_options(job)
         done: dict = {}
         stems = separate_file(
@@ -450,9 +462,9 @@ class Worker:
             finished - uploading,
             done["encode_cpu_s"],
         )
-        return tracks
+        return Handled(tracks)
 
-    def _separate_part(self, job: Job, tmp: Path, progress) -> None:
+    def _separate_part(self, job: Job, tmp: Path, progress) -> Handled:
         sep = self.separator(job.model)
         plan = self.jobs.plan(job.songhash)
         if plan is None or not splitting.can_split(sep) or not 0 <= job.part < len(plan["parts"]):
@@ -475,9 +487,9 @@ class Worker:
             len(plan["parts"]),
             forward_s,
         )
-        return None
+        return Handled(handed_on=f"part {job.part} stored")
 
-    def _stitch(self, job: Job, tmp: Path, progress) -> list[str]:
+    def _stitch(self, job: Job, tmp: Path, progress) -> Handled:
         sep = self.separator(job.model)
         plan = self.jobs.plan(job.songhash)
         if plan is None or not splitting.can_split(sep):
@@ -497,7 +509,7 @@ class Worker:
         finally:
             sink.close()
         self.metrics.audio.inc(plan["samples"] / plan["rate"])
-        return self._upload(job, sink.paths, progress)
+        return Handled(self._upload(job, sink.paths, progress))
 
     def _upload(self, job: Job, stems: dict[str, Path], progress) -> list[str]:
         _, _, _, ext, content_type = audio.FORMATS[output_options(job)[0]]
