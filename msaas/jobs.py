@@ -10,6 +10,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from string import Template
 from typing import Any
 
 import redis
@@ -27,6 +28,14 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
+# The states as the Lua scripts below spell them ($failed and so on): one source for Python and Lua.
+LUA_STATES = {state.name.lower(): f"'{state.value}'" for state in JobState}
+
+
+def lua(script: str) -> str:
+    return Template(script).substitute(LUA_STATES)
+
+
 class BadMessage(ValueError):
     """A queue message MSaaS cannot read: it is dead-lettered, never run."""
 
@@ -35,7 +44,7 @@ class BadMessage(ValueError):
 # LPUSH comes first: a script's first write is where a full redis (maxmemory) refuses it, and DEL would not be refused.
 _SUBMIT = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'failed' then return state end
+if state and state ~= $failed then return state end
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
@@ -75,7 +84,7 @@ end
 _PART_PROGRESS = (
     _PARTS_PROGRESS
     + """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= $running then return 0 end
 redis.call('HSET', KEYS[2], 'p' .. ARGV[1], ARGV[2])
 show_progress(ARGV[3], ARGV[4])
 return 1
@@ -88,7 +97,7 @@ _FINISH_PART = (
     _PARTS_PROGRESS
     + """
 redis.call('LREM', KEYS[3], 1, ARGV[2])
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return -1 end
+if redis.call('HGET', KEYS[1], 'state') ~= $running then return -1 end
 redis.call('HSET', KEYS[2], 'p' .. ARGV[1], 1, 'd' .. ARGV[1], 1)
 show_progress(ARGV[5], ARGV[6])
 local done = 0
@@ -188,10 +197,10 @@ class JobQueue:
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.retention_s = retention_s
         self.outbox = Outbox(client)
-        self._submit = client.register_script(_SUBMIT)
+        self._submit = client.register_script(lua(_SUBMIT))
         self._forget_track = client.register_script(_FORGET_TRACK)
-        self._part_progress = client.register_script(_PART_PROGRESS)
-        self._finish_part = client.register_script(_FINISH_PART)
+        self._part_progress = client.register_script(lua(_PART_PROGRESS))
+        self._finish_part = client.register_script(lua(_FINISH_PART))
 
     # --- rest side -------------------------------------------------------------------------
     def submit(self, job: Job) -> str | None:

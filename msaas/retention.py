@@ -11,6 +11,7 @@ import time
 import redis
 
 from . import keys, storage
+from .jobs import lua
 
 log = logging.getLogger("msaas.retention")
 
@@ -23,7 +24,7 @@ for _, songhash in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 
   redis.call('ZREM', KEYS[1], songhash)
   local job = ARGV[4] .. songhash
   local state, finished = unpack(redis.call('HMGET', job, 'state', 'finished'))
-  local ended = state == 'done' or state == 'failed'
+  local ended = state == $done or state == $failed
   if not state or (ended and tonumber(finished or 0) + tonumber(ARGV[3]) <= tonumber(ARGV[1]) + 1) then
     redis.call('DEL', job, ARGV[5] .. songhash)
     table.insert(taken, songhash)
@@ -40,7 +41,7 @@ class Retention:
         self.r = client
         self.store = store
         self.retention_s = retention_s
-        self._take_due = client.register_script(_TAKE_DUE)
+        self._take_due = client.register_script(lua(_TAKE_DUE))
 
     def sweep(self, limit: int = 50) -> list[str]:
         """Remove the songs whose retention has run out; returns their songhashes."""
