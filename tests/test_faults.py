@@ -156,10 +156,10 @@ def test_redis_stopped_mid_job_and_started_again_the_job_ends_done(settings, pro
         h = client.submit(make_song(tmp_path / "long.mp3", seconds=90, seed=8))["hash"]
         processes.append(msaas_process("worker", settings, log=log))
         wait_until(lambda: client.status(h).get("stage") == "separating", what="separation to start")
-        stop(server)  # redis goes away mid-job
-        said = ("progress not recorded", "recording the job's end again")
-        wait_until(lambda: any(s in log.read_text() for s in said), 60, "the worker to meet the outage mid-job")
-        time.sleep(3)
+        stop(server)  # redis goes away mid-job, and stays away until the job's end has been tried
+        wait_until(lambda: "progress not recorded" in log.read_text(), 60, "the worker to meet the outage mid-job")
+        wait_until(lambda: "recording the job's end again" in log.read_text(), 120, "the job's end to find redis away")
+        time.sleep(2)
         server = redisproc.start(port, data, persist=True)
         status = wait_until(lambda: (s := client.status(h))["state"] in ("done", "failed") and s, 60, "the job to end")
         assert status["state"] == "done" and status["attempts"] == 1, status

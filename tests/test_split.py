@@ -198,12 +198,16 @@ def test_a_worker_killed_while_stitching_loses_nothing(tiny, settings, redis_cli
     h = client.submit(song)["hash"]  # MP3 stems: encoding them makes the stitch last long enough to be cut off
 
     def stitcher() -> int | None:
+        """The worker holding the stitch, once the stitch has read its first part (progress past the stitching stage's
+        start): killed then, a stitch that consumed what it read could not be done again."""
+        if float(redis_client.hget(keys.job_key(h), "progress") or 0) <= 0.9:
+            return None
         for name in redis_client.smembers(keys.WORKERS):
             if any('"stitch": true' in m for m in redis_client.lrange(keys.processing_key(name), 0, -1)):
                 return next(pid for pid in workers if f"-{pid}-" in name)
         return None
 
-    pid = wait_until(stitcher, timeout_s=180, what="a worker to take the stitch")
+    pid = wait_until(stitcher, timeout_s=180, what="a worker to be stitching")
     workers[pid].kill()
     workers[pid].wait()
     status = wait_until(lambda: (s := client.status(h))["state"] in ("done", "failed") and s, 180, "the job to end")
