@@ -73,7 +73,7 @@ def main() -> int:
                 heard, _ = audio.decode(path)
                 out = tmp / f"{name}-{i}"
                 out.mkdir()
-                stems = separate_file(separator, path, out)
+                stems = separate_file(separator, path, out).stems
                 for track, stem_path in stems.items():
                     truth = truth_for(track, sources, heard)
                     if truth is None:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from . import storage
-from .separation import DemucsSeparator, SongStream, StemSink, Window
+from .separation import SongStream, StemSink
+from .separation.demucs import DemucsSeparator, Window
 
 RAW = np.dtype("<f4")
 READ_SAMPLES = 1 << 16
@@ -23,10 +24,6 @@ READ_SAMPLES = 1 << 16
 
 def part_name(songhash: str, index: int) -> str:
     return storage.check_name(f"{songhash}.part{index}.f32")
-
-
-def can_split(separator: object) -> bool:
-    return isinstance(separator, DemucsSeparator)
 
 
 def parts_for(seconds: float, split_over_s: float, max_parts: int, workers: int) -> int:

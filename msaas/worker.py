@@ -119,8 +119,7 @@ class Worker:
         except ModelUnavailable as exc:
             self.load_errors[name] = (time.monotonic(), str(exc))
             raise
-        if hasattr(sep, "warm_up"):
-            sep.warm_up()
+        sep.warm_up()
         log.info("model %s loaded in %.1f s (tracks %s)", name, time.monotonic() - started, ", ".join(sep.tracks))
         while len(self.separators) >= MODELS_KEPT:
             unused = next((n for n in self.separators if n != self.settings.demucs_model), next(iter(self.separators)))
@@ -415,7 +414,7 @@ class Worker:
         started = time.perf_counter()
         source = self._download(job, tmp, progress)
         downloaded = time.perf_counter()
-        workers = self.jobs.live_workers() if splitting.can_split(sep) and self.settings.split_over_s > 0 else 1
+        workers = self.jobs.live_workers() if sep.can_split and self.settings.split_over_s > 0 else 1
         song, read_s = None, 0.0
         if workers > 1:  # only then is the song's length needed before separating: read once, for the split or not
             progress("decoding", 0.0)
@@ -429,8 +428,7 @@ class Worker:
                 log.info("job %s: %.0f s of song, split into %d parts for the workers", job.songhash, seconds, parts)
                 return Handled(handed_on=f"split into {parts} parts")
         fmt, bitrate, two_stems = output_options(job)
-        done: dict = {}
-        stems = separate_file(
+        report = separate_file(
             sep,
             source,
             tmp,
@@ -439,35 +437,34 @@ class Worker:
             two_stems=two_stems,
             max_duration_s=self.settings.max_duration_s,
             progress=progress,
-            info=done,
             encoder_threads=self.settings.encoder_threads,
             song=song,
         )
-        self.metrics.audio.inc(done["samples"] / done["rate"])
-        self.metrics.forward.inc(done["forward_s"])
+        self.metrics.audio.inc(report.seconds)
+        self.metrics.forward.inc(report.forward_s)
         uploading = time.perf_counter()
-        tracks = self._upload(job, stems, progress)
+        tracks = self._upload(job, report.stems, progress)
         finished = time.perf_counter()
         log.info(
             "job %s: %.1f s of song in %.1f s: download %.1f s, read %.1f s, separation %.1f s (forward passes %.1f s), "
             "encoders' drain %.1f s, upload %.1f s; encoding %.1f s of CPU beside them",
             job.songhash,
-            done["samples"] / done["rate"],
+            report.seconds,
             finished - started,
             downloaded - started,
-            read_s + done["read_s"],  # the first pass, here or in separate_file
-            done["separate_s"],
-            done["forward_s"],
-            done["drain_s"],
+            read_s + report.read_s,  # the first pass, here or in separate_file
+            report.separate_s,
+            report.forward_s,
+            report.drain_s,
             finished - uploading,
-            done["encode_cpu_s"],
+            report.encode_cpu_s,
         )
         return Handled(tracks)
 
     def _separate_part(self, job: Job, tmp: Path, progress) -> Handled:
         sep = self.separator(job.model)
         plan = self.jobs.plan(job.songhash)
-        if plan is None or not splitting.can_split(sep) or not 0 <= job.part < len(plan["parts"]):
+        if plan is None or not sep.can_split or not 0 <= job.part < len(plan["parts"]):
             raise audio.SongRejected(f"part {job.part} of a song that has no such part (or model {job.model} cannot be split)")
         source = self._download(job, tmp, progress)
         out = tmp / "part"
@@ -492,7 +489,7 @@ class Worker:
     def _stitch(self, job: Job, tmp: Path, progress) -> Handled:
         sep = self.separator(job.model)
         plan = self.jobs.plan(job.songhash)
-        if plan is None or not splitting.can_split(sep):
+        if plan is None or not sep.can_split:
             raise audio.SongRejected(f"no plan to stitch song {job.songhash} with model {job.model}")
         # Encoding alone, no model running beside it: every CPU this worker may use.
         threads = self.settings.encoder_threads or cpu_budget()

@@ -40,15 +40,15 @@ MUTANTS = [
         "stems-do-not-sum",
         T + "test_separation.py::test_stems_sum_back_to_the_song",
         "Spleeter's masks squared, so they no longer add up to one",
-        "msaas/spleeter.py",
-        "masked = self.masks(spec) * spec",
-        "masked = self.masks(spec) ** 2 * spec",
+        "msaas/separation/spleeter.py",
+        "masked = masks * spec",
+        "masked = masks**2 * spec",
     ),
     Mutant(
         "blurred-masks",
         T + "test_quality.py::test_spleeter_stems_through_the_service_are_real_and_sample_exact",
         "Spleeter's masks pulled a fifth of the way to 0.5 (they still sum to one): a few dB of SDR lost",
-        "msaas/spleeter.py",
+        "msaas/separation/spleeter.py",
         "ratio = (squared + EPS / 2) / (squared.sum(0) + EPS)",
         "ratio = 0.1 + 0.8 * (squared + EPS / 2) / (squared.sum(0) + EPS)",
     ),
@@ -170,17 +170,20 @@ MUTANTS = [
         "song-held-whole",
         T + "test_worker.py::test_a_workers_memory_does_not_grow_with_the_songs_length",
         "a Demucs song is decoded whole before it is separated (instead of read block by block)",
-        "msaas/separation.py",
-        "if isinstance(separator, DemucsSeparator):  # read block by block",
-        "if False:  # read block by block",
+        "msaas/separation/demucs.py",
+        "song = song or SongStream(source, self.samplerate, max_duration_s)\n"
+        "        return Reading(song.samples, song.rate, lambda emit, progress: self.stream_song(song, emit, progress))",
+        "from .song import load_song\n\n"
+        "        mix, samples, rate = load_song(source, self.samplerate, max_duration_s)\n"
+        "        return Reading(samples, rate, lambda emit, progress: self.stream(mix, emit, progress))",
     ),
     Mutant(
         "gpu-encoders-one-thread",
         T + "test_parallel_mp3.py::test_gpu_workers_encode_on_every_cpu_and_give_torch_one",
         "a GPU worker's encoders get every CPU but one",
-        "msaas/separation.py",
-        'return cpu_budget() if device is not None and device.type != "cpu" else 0',
-        'return cpu_budget() - 1 if device is not None and device.type != "cpu" else 0',
+        "msaas/separation/encoders.py",
+        'return cpu_budget() if separator.device.type != "cpu" else 0',
+        'return cpu_budget() - 1 if separator.device.type != "cpu" else 0',
     ),
     Mutant(
         "slow-status",
@@ -215,6 +218,14 @@ MUTANTS = [
         "      source.start(at + i * 0.001, offset);",
     ),
     Mutant(
+        "worker-checks-engine-class",
+        T + "test_architecture.py::test_no_caller_checks_an_engines_class",
+        "the worker asks whether an engine has a method instead of relying on the engine interface",
+        "msaas/worker.py",
+        "        sep.warm_up()\n",
+        '        if hasattr(sep, "warm_up"):\n            sep.warm_up()\n',
+    ),
+    Mutant(
         "ci-without-chromium",
         T + "test_web.py::test_a_song_is_separated_played_and_mixed_in_the_browser",
         "CI on a machine without chromium: the page test must fail, not skip",
@@ -244,6 +255,14 @@ def hidden_env(tools: tuple[str, ...], shadow: Path) -> dict[str, str]:
     return {"PATH": path, "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")])), "CI": "true"}
 
 
+def stale(m: Mutant) -> str | None:
+    """Why `m` no longer applies to the code (its text is not in its file exactly once), or None."""
+    if not m.path:
+        return None
+    found = (ROOT / m.path).read_text().count(m.old) if (ROOT / m.path).is_file() else 0
+    return None if found == 1 else f"{m.old!r} is in {m.path} {found} times, not once"
+
+
 def dirty(path: str) -> bool:
     out = subprocess.run(["git", "status", "--porcelain", "--", path], cwd=ROOT, capture_output=True, text=True, check=True)
     return bool(out.stdout.strip())
@@ -256,10 +275,9 @@ def run(m: Mutant, timeout_s: float) -> tuple[str, float, str]:
     if target:
         if dirty(m.path):
             return "refused", 0.0, f"{m.path} has uncommitted changes"
-        text = original.decode()
-        if text.count(m.old) != 1:
-            return "stale", 0.0, f"{m.old!r} is in {m.path} {text.count(m.old)} times, not once"
-        target.write_text(text.replace(m.old, m.new))
+        if why := stale(m):
+            return "stale", 0.0, why
+        target.write_text(original.decode().replace(m.old, m.new))
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="msaas-mutant-") as shadow:

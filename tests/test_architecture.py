@@ -2,6 +2,7 @@
 load torch (rest's image has none, and it starts in well under a second)."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ PACKAGE = ROOT / "msaas"
 
 
 def torch_side() -> set[str]:
-    """The modules that import torch themselves (at any level)."""
+    """The modules that load torch (or demucs) when used: those that import it themselves (at any level), and those that
+    import one of them."""
     found = set()
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -21,6 +23,9 @@ def torch_side() -> set[str]:
                 names = [node.module]
             if any(n == "torch" or n.startswith("torch.") or n.startswith("demucs") for n in names):
                 found.add(module_name(path))
+    graph = imports(top_level_only=False)
+    while more := {name for name, targets in graph.items() if targets & found} - found:
+        found |= more
     return found
 
 
@@ -76,11 +81,14 @@ def test_no_cycle_among_module_level_imports():
 
 def test_nothing_imports_back_up():
     graph, heavy = imports(top_level_only=False), torch_side()
-    assert {"msaas.separation", "msaas.worker"} <= heavy and not {n for n in heavy if n.startswith("msaas.rest")}
+    assert {"msaas.separation", "msaas.separation.demucs", "msaas.worker"} <= heavy and not {
+        n for n in heavy if n.startswith("msaas.rest")
+    }
     for name, targets in graph.items():
         if name.startswith("msaas.rest") or name in ("msaas.logs", "msaas.client", "msaas.metrics"):
             assert not targets & heavy, f"{name} imports {targets & heavy}"
-        if name in heavy or name.startswith(("msaas.jobs", "msaas.storage", "msaas.config", "msaas.keys")):
+        entry_point = name in ("msaas.cli", "msaas.embedded", "msaas.__main__")  # the top: they start everything
+        if (name in heavy and not entry_point) or name.startswith(("msaas.jobs", "msaas.storage", "msaas.config", "msaas.keys")):
             assert not {t for t in targets if t.startswith(("msaas.rest", "msaas.cli", "msaas.embedded"))}, name
 
 
@@ -95,3 +103,26 @@ def test_rest_logs_and_the_client_load_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_no_caller_checks_an_engines_class():
+    """Callers use the engine interface (`separation/engine.py`'s Separator: warm-up, device, forward-pass time, whether
+    it can be split, reading a song): no isinstance, hasattr or getattr on an engine, and an engine's class is named only
+    in its own module, the loader, and splitting (which works on Demucs' chunks, and is only asked when `can_split`)."""
+    engines = {"DemucsSeparator", "SpleeterSeparator"}
+    allowed = {"msaas.separation.demucs", "msaas.separation.spleeter", "msaas.separation.engine", "msaas.splitting"}
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        tree = ast.parse(path.read_text())
+        named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        named |= {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names}
+        assert name in allowed or not named & engines, f"{name} names {named & engines}"
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("isinstance", "hasattr", "getattr")
+            ):
+                call = ast.unparse(node)
+                assert not engines & set(re.findall(r"\w+", call)), f"{name}: {call}"
+                assert not re.search(r"\b(sep|separator)\b", ast.unparse(node.args[0])), f"{name}: {call}"

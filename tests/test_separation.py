@@ -6,7 +6,7 @@ import torch
 
 from conftest import TINY, make_song
 from msaas import audio, models
-from msaas.separation import ModelUnavailable, StreamResampler, load_separator, separate_all, separate_file
+from msaas.separation import ModelUnavailable, StreamResampler, WholeSong, load_separator, separate_all, separate_file
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_model_from_a_local_directory_loads_through_get_model(tiny, tiny_repo):
 
 def test_every_stem_has_the_inputs_length_and_rate(tiny, tmp_path):
     song = make_song(tmp_path / "s.wav", seconds=3.3, rate=48000, fmt="wav")
-    stems = separate_file(tiny, song, tmp_path, fmt="mp3")
+    stems = separate_file(tiny, song, tmp_path, fmt="mp3").stems
     assert list(stems) == tiny.tracks
     for path in stems.values():
         info = audio.probe(path)
@@ -30,8 +30,8 @@ def test_every_stem_has_the_inputs_length_and_rate(tiny, tmp_path):
 
 
 def test_separation_is_deterministic(tiny, tmp_path, song):
-    a = separate_file(tiny, song, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, fmt="flac")
-    b = separate_file(tiny, song, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None, fmt="flac")
+    a = separate_file(tiny, song, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, fmt="flac").stems
+    b = separate_file(tiny, song, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None, fmt="flac").stems
     for track in a:
         assert np.array_equal(audio.decode(a[track])[0], audio.decode(b[track])[0])
 
@@ -41,7 +41,7 @@ def test_stems_sum_back_to_the_song(tmp_path, song):
     split in two: their sum is the song, to the 16-bit rounding of the stems. (The tiny Demucs's random weights make no
     such promise; its stems are checked against demucs' own apply_model in test_split.py and below.)"""
     sep = load_separator(models.SPLEETER, None, "cpu")
-    stems = separate_file(sep, song, tmp_path, fmt="flac")
+    stems = separate_file(sep, song, tmp_path, fmt="flac").stems
     assert list(stems) == ["vocals", "accompaniment"]
     parts = [audio.decode(p)[0] for p in stems.values()]
     mix, _ = audio.decode(song)
@@ -54,9 +54,9 @@ def test_stems_sum_back_to_the_song(tmp_path, song):
 
 
 def test_two_stems_gives_the_track_and_the_rest(tiny, tmp_path, song):
-    stems = separate_file(tiny, song, tmp_path, fmt="wav", two_stems="vocals")
+    stems = separate_file(tiny, song, tmp_path, fmt="wav", two_stems="vocals").stems
     assert list(stems) == ["vocals", "no_vocals"]
-    four = separate_file(tiny, song, tmp_path / "four" if (tmp_path / "four").mkdir() is None else None, fmt="wav")
+    four = separate_file(tiny, song, tmp_path / "four" if (tmp_path / "four").mkdir() is None else None, fmt="wav").stems
     rest = sum(audio.decode(four[t])[0] for t in ("drums", "bass", "other"))
     assert np.abs(audio.decode(stems["no_vocals"])[0] - np.clip(rest, -1, 1)).max() < 2e-4
 
@@ -81,10 +81,14 @@ def test_a_model_missing_from_the_directory_is_a_clear_error(tmp_path):
         load_separator("htdemucs", tmp_path, "cpu")
 
 
-class Identity:
+class Identity(WholeSong):
     """A separator whose one stem is the mix itself: checks the audio path around any model."""
 
     name, tracks, samplerate = "identity", ["all"], 44100
+    device, forward_s, can_split = torch.device("cpu"), 0.0, False
+
+    def warm_up(self):
+        pass
 
     def stream(self, mix, emit, progress):
         for start in range(0, mix.shape[-1], 30000):  # blocks of any size, as real separators emit
@@ -101,7 +105,7 @@ def test_the_audio_path_keeps_length_and_alignment_to_the_sample(tmp_path, rate)
     song = tmp_path / "song.mp3"
     audio.encode(song, x, rate, "mp3")
     decoded, _ = audio.decode(song)
-    stems = separate_file(Identity(), song, tmp_path, fmt="mp3")
+    stems = separate_file(Identity(), song, tmp_path, fmt="mp3").stems
     stem, stem_rate = audio.decode(stems["all"])
     assert stem_rate == rate and stem.shape == decoded.shape
     window = slice(rate - 500, rate + 500)

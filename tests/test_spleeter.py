@@ -9,7 +9,7 @@ import torch
 
 from msaas import models
 from msaas.separation import separate_all
-from msaas.spleeter import CHECKPOINTS, HOP, N_FFT, PATCH, SpleeterSeparator, UNet, load_checkpoint
+from msaas.separation.spleeter import CHECKPOINTS, HOP, N_FFT, PATCH, SpleeterSeparator, UNet, load_checkpoint
 from synth import normalized, song
 
 

@@ -11,7 +11,8 @@ from demucs.apply import TensorChunk
 from conftest import TINY, make_song, msaas_process, start_rest, wait_until
 from msaas import audio, keys
 from msaas.jobs import JobQueue
-from msaas.separation import SongStream, StemSink, Window, load_separator, separate_all, separate_file
+from msaas.separation import SongStream, StemSink, load_separator, separate_all, separate_file
+from msaas.separation.demucs import Window
 from msaas.splitting import make_plan, parts_for, separate_part, stitch
 
 
@@ -61,7 +62,7 @@ def test_stitched_stems_are_the_unsplit_files(tiny, tmp_path):
     song = make_song(tmp_path / "song.wav", seconds=20.3, rate=48000, seed=5, fmt="wav")  # through both resamplers
     (tmp_path / "whole").mkdir()
     (tmp_path / "split").mkdir()
-    whole = separate_file(tiny, song, tmp_path / "whole", fmt="flac")
+    whole = separate_file(tiny, song, tmp_path / "whole", fmt="flac").stems
     plan = make_plan(tiny, SongStream(song, tiny.samplerate), 2)
     for k in range(2):
         separate_part(tiny, song, plan, k, tmp_path / f"p{k}", lambda f: None)
@@ -126,7 +127,7 @@ def stored_by(redis_client, songhash) -> dict[int, str]:
 
 def unsplit_stems(tiny, song, tmp_path) -> dict[str, np.ndarray]:
     (tmp_path / "unsplit").mkdir()
-    return {t: audio.decode(p)[0] for t, p in separate_file(tiny, song, tmp_path / "unsplit", fmt="wav").items()}
+    return {t: audio.decode(p)[0] for t, p in separate_file(tiny, song, tmp_path / "unsplit", fmt="wav").stems.items()}
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ pickled numpy arrays, loaded with `torch.load(weights_only=True)` and only numpy
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import models
+from .. import models
+from .engine import WholeSong
 
 SAMPLE_RATE = 44100
 N_FFT = 4096  # Hann window of 4,096 samples
@@ -101,18 +103,25 @@ def load_unets(folder: Path | None = None) -> list[UNet]:
     return nets
 
 
-class SpleeterSeparator:
+class SpleeterSeparator(WholeSong):
     """Separates with the two U-Nets patch by patch: memory does not grow with the song, and the result equals a
     whole-song STFT -> masks -> inverse STFT to float precision (the inverse STFT is an exact overlap-add)."""
 
     name = models.SPLEETER
     tracks = TRACKS
     samplerate = SAMPLE_RATE
+    can_split = False  # its masks are computed patch by patch over the whole song's STFT (no split)
 
     def __init__(self, device: torch.device | str = "cpu", nets: list[UNet] | None = None):
         self.device = torch.device(device)
         self.nets = [net.to(self.device) for net in (nets or load_unets())]
         self.window = torch.hann_window(N_FFT, device=self.device)
+        self.forward_s = 0.0  # wall time in the U-Nets' forward passes, all songs together
+
+    def warm_up(self) -> None:
+        """One patch of silence through the U-Nets (a fresh process's first pass costs several of the next)."""
+        self.stream(torch.zeros(2, PATCH * HOP), lambda block: None)
+        self.forward_s = 0.0
 
     def masks(self, spec: torch.Tensor) -> torch.Tensor:
         """[2, 2049, T<=512] complex -> [len(TRACKS), 2, 2049, T] soft masks that sum to 1."""
@@ -147,7 +156,10 @@ class SpleeterSeparator:
                 lo, hi = start - half, stop - half
                 piece = F.pad(mix[:, max(lo, 0) : max(min(hi, length), 0)], (max(0, -lo), max(0, hi - length)))
                 spec = torch.stft(piece, N_FFT, HOP, window=self.window, center=False, return_complex=True)
-                masked = self.masks(spec) * spec  # [S, 2, 2049, T]
+                started = time.perf_counter()
+                masks = self.masks(spec)
+                self.forward_s += time.perf_counter() - started
+                masked = masks * spec  # [S, 2, 2049, T]
                 grains = torch.fft.irfft(masked, n=N_FFT, dim=2) * self.window[:, None]  # [S, 2, 4096, T]
                 span = stop - start
                 at = start - base

@@ -1,0 +1,221 @@
+"""The Demucs engine: a model or bag of models loaded through `demucs.pretrained.get_model` and run as
+`apply_model(split=True, overlap=0.25, shifts=0)` runs it, chunk by chunk, with the song read block by block and each
+stretch of stems emitted as soon as no later chunk touches it: memory flat in the song's length."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from .engine import Emit, ModelUnavailable, Reading
+from .song import SongStream
+
+
+class DemucsSeparator:
+    """A Demucs model (or bag of models) loaded through `demucs.pretrained.get_model`."""
+
+    can_split = True  # its chunks can be computed apart and added afterwards, exactly (ChunkPlan)
+
+    def __init__(self, name: str, repo: Path | None, device: torch.device):
+        from demucs.pretrained import get_model
+
+        try:
+            model = get_model(name, repo)
+        except SystemExit as exc:  # demucs calls sys.exit on a bad --repo
+            raise ModelUnavailable(f"model {name!r}: {exc}") from None
+        except Exception as exc:
+            where = f"the model directory {repo}" if repo else "the model hub or the local cache"
+            raise ModelUnavailable(
+                f"model {name!r} could not be loaded from {where} ({exc.__class__.__name__}: {str(exc)[:200]}); "
+                "put its weights in DEMUCS_REPO with `msaas fetch-model`"
+            ) from None
+        self.model = model.to(device).eval()
+        self.device = device
+        self.name = name
+        self.tracks = list(model.sources)
+        self.samplerate = int(model.samplerate)
+        self.forward_s = 0.0  # wall time spent in the model's forward passes, all songs together
+
+    def _members(self) -> tuple[list, torch.Tensor]:
+        from demucs.apply import BagOfModels
+
+        bag = self.model if isinstance(self.model, BagOfModels) else None
+        members = list(bag.models) if bag else [self.model]
+        weights = torch.tensor(bag.weights if bag else [[1.0] * len(self.tracks)], dtype=torch.float32)
+        return members, (weights / weights.sum(0))[:, :, None, None]  # each member's part of each source, as apply_model weighs
+
+    def chunk_plan(self, length: int) -> ChunkPlan:
+        segments = {float(m.segment) for m in self._members()[0]}
+        if len(segments) != 1:
+            raise ModelUnavailable(f"model {self.name!r} mixes segment lengths {sorted(segments)}, which MSaaS does not stream")
+        return ChunkPlan(length, int(self.samplerate * segments.pop()))
+
+    def weighted_chunks(
+        self, source: ChunkSource, plan: ChunkPlan, chunks: range, progress: Callable[[float], None] = lambda f: None
+    ) -> Iterator[torch.Tensor]:
+        """Each chunk's estimate times its crossfade weight, [tracks, 2, n], for the chunks numbered `chunks`."""
+        from demucs.apply import apply_model
+
+        members, share = self._members()
+        with torch.inference_mode():
+            for done, i in enumerate(chunks, 1):
+                chunk = source(plan.offsets[i], plan.segment_length)
+                started = time.perf_counter()
+                estimate = sum(
+                    apply_model(member, chunk, shifts=0, split=False, device=self.device)[0].cpu() * share[m]
+                    for m, member in enumerate(members)
+                )
+                self.forward_s += time.perf_counter() - started
+                yield plan.weight[: estimate.shape[-1]] * estimate
+                progress(done / len(chunks))
+
+    def warm_up(self) -> None:
+        """One chunk of silence through the model: a fresh process's first forward pass costs a few times the next
+        ones (kernels picked and memory laid out for these shapes), which would otherwise land on the first song."""
+        plan = self.chunk_plan(self.chunk_plan(1).segment_length)
+        for _ in self.weighted_chunks(whole(torch.zeros(2, plan.length)), plan, range(1)):
+            pass
+        self.forward_s = 0.0
+
+    def stream(self, mix: torch.Tensor, emit: Emit, progress: Callable[[float], None] = lambda f: None) -> None:
+        """What `apply_model(split=True, overlap=0.25, shifts=0)` computes, chunk by chunk, each stretch of output emitted as
+        soon as no later chunk touches it: memory holds one segment of output, whatever the song's length."""
+        plan = self.chunk_plan(mix.shape[-1])
+        mean, std = normalize_(mix)
+        self._separate(whole(mix), plan, mean, std, emit, progress)
+
+    def read(self, source: Path, max_duration_s: float | None = None, song: SongStream | None = None) -> Reading:
+        """Block by block: a first pass for the length and demucs' normalization, the second as the model goes."""
+        song = song or SongStream(source, self.samplerate, max_duration_s)
+        return Reading(song.samples, song.rate, lambda emit, progress: self.stream_song(song, emit, progress))
+
+    def stream_song(self, song: SongStream, emit: Emit, progress: Callable[[float], None] = lambda f: None) -> None:
+        """`stream` for a song read from its file block by block: memory holds a few segments of it, never all of it."""
+        plan = self.chunk_plan(song.length)
+        self._separate(Window(song.blocks(), song.mean, song.std), plan, song.mean, song.std, emit, progress)
+
+    def _separate(
+        self, source: ChunkSource, plan: ChunkPlan, mean: float, std: float, emit: Emit, progress: Callable[[float], None]
+    ) -> None:
+        chunks = range(len(plan.offsets))
+        for start, block in plan.overlap_add(chunks, self.weighted_chunks(source, plan, chunks, progress)):
+            emit(block / plan.totals(start, start + block.shape[-1]) * std + mean)
+
+
+class ChunkPlan:
+    """How `apply_model(split=True, overlap=0.25)` cuts a song of `length` samples: chunks of `segment_length` every
+    `stride` samples, each output weighted by a triangular crossfade, the weighted sum divided by the weights' sum.
+
+    Sums are taken in chunk order (at most two chunks cover a sample), so any run of chunks computed apart and added
+    afterwards (`overlap_add`, then `splitting.stitch`) gives exactly the whole song's numbers."""
+
+    def __init__(self, length: int, segment_length: int):
+        self.length = length
+        self.segment_length = segment_length
+        self.stride = int(0.75 * segment_length)
+        self.offsets = list(range(0, length, self.stride))
+        ramp = torch.arange(1, segment_length // 2 + 1, dtype=torch.float32)
+        weight = torch.cat([ramp, torch.arange(segment_length - segment_length // 2, 0, -1, dtype=torch.float32)])
+        self.weight = weight / weight.max()  # demucs' triangular crossfade between chunks
+
+    def end(self, i: int) -> int:
+        return min(self.offsets[i] + self.segment_length, self.length)
+
+    def span(self, chunks: range) -> tuple[int, int]:
+        """The samples that the chunks numbered `chunks` touch."""
+        return self.offsets[chunks.start], self.end(chunks.stop - 1)
+
+    def split(self, parts: int) -> list[range]:
+        """The chunks cut into `parts` consecutive runs of nearly equal length."""
+        n = len(self.offsets)
+        parts = max(1, min(parts, n))
+        return [range(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+
+    def totals(self, start: int, stop: int) -> torch.Tensor:
+        """The sum of the chunks' weights at samples [start, stop)."""
+        total = torch.zeros(stop - start)
+        first = max(0, (start - self.segment_length) // self.stride)
+        for i in range(first, len(self.offsets)):
+            offset = self.offsets[i]
+            if offset >= stop:
+                break
+            lo, hi = max(start, offset), min(stop, self.end(i))
+            if lo < hi:
+                total[lo - start : hi - start] += self.weight[lo - offset : hi - offset]
+        return total
+
+    def overlap_add(self, chunks: range, weighted: Iterable[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Sum the weighted outputs of consecutive chunks; yields (first sample, [tracks, 2, k]) blocks as soon as no
+        later chunk of the run touches them, ending with the last chunk's whole tail."""
+        pending: torch.Tensor | None = None  # sums from `at` on
+        at = self.offsets[chunks.start]
+        for i, estimate in zip(chunks, weighted, strict=True):
+            offset = self.offsets[i]
+            if pending is None:
+                pending = estimate.clone()
+            else:
+                head = pending.shape[-1] - (offset - at)
+                estimate[..., :head] += pending[..., offset - at :]  # the earlier chunk's part first, as apply_model adds
+                pending = torch.cat([pending[..., : offset - at], estimate], dim=-1)
+            final = (self.offsets[i + 1] if i + 1 < len(self.offsets) else self.length) - at
+            if i + 1 == chunks.stop:
+                final = pending.shape[-1]
+            yield at, pending[..., :final]
+            pending, at = pending[..., final:], at + final
+
+
+ChunkSource = Callable[[int, int], object]  # (offset, segment length) -> a demucs TensorChunk of the normalized song
+
+
+def whole(normalized: torch.Tensor) -> ChunkSource:
+    """Chunks of a song held whole."""
+    from demucs.apply import TensorChunk
+
+    return lambda offset, length: TensorChunk(normalized[None], offset, length)
+
+
+class Window:
+    """The normalized song around the chunk being separated, fed from a stream of blocks: from one segment before the
+    chunk to its end, whatever the song's length. Chunks must be asked for in order."""
+
+    def __init__(self, blocks: Iterator[torch.Tensor], mean: float, std: float):
+        self.blocks, self.mean, self.std = blocks, mean, std
+        self.buffer = torch.zeros(2, 0)
+        self.start = 0  # the song's sample at buffer[..., 0]
+        self.most = 0  # the longest the buffer has been (samples)
+
+    def __call__(self, offset: int, length: int):
+        from demucs.apply import TensorChunk
+
+        keep = max(0, offset - length)  # a short last chunk is centred, reaching back before its offset
+        if keep > self.start:
+            drop = min(keep - self.start, self.buffer.shape[-1])
+            self.buffer, self.start = self.buffer[..., drop:], self.start + drop
+        pending, have = [], self.start + self.buffer.shape[-1]
+        while have < offset + length:
+            block = next(self.blocks, None)
+            if block is None:  # the song's end: the chunk is its last, padded with zeros by TensorChunk
+                break
+            if have < keep:  # the buffer is empty and the window starts further on (a part of a split song)
+                skip = min(keep - have, block.shape[-1])
+                block, have = block[..., skip:], have + skip
+                self.start = have
+            pending.append(block.sub_(self.mean).div_(self.std))
+            have += block.shape[-1]
+        if pending:
+            self.buffer = torch.cat([self.buffer, *pending], dim=-1)
+        self.most = max(self.most, self.buffer.shape[-1])
+        end = min(have, offset + length)
+        return TensorChunk(self.buffer[None, :, : end - self.start], offset - self.start, length)
+
+
+def normalize_(mix: torch.Tensor) -> tuple[float, float]:
+    """Demucs' normalization of a song held whole, in place (held once): minus the mono mix's mean, over its deviation."""
+    ref = mix.mean(0)
+    mean, std = float(ref.mean()), float(ref.std().clamp_min(1e-8))
+    del ref
+    mix.sub_(mean).div_(std)
+    return mean, std

@@ -1,0 +1,134 @@
+"""The stems' encoders, fed block by block as the model emits them: each track's encoder in a thread of its own
+(StemEncoders), behind the two-stem pick and the way back to the song's rate (StemSink)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from .. import audio, lame, parallel_mp3
+from .devices import cpu_budget, idle_priority
+from .engine import Separator
+from .song import StreamResampler
+
+ENCODER_QUEUE = 12  # blocks (about 6 s of song each, 8 MB for 4 stems) an encoder may lag behind the model
+
+
+def encoding_threads(separator: Separator, setting: int = 0) -> int:
+    """Threads for the stems' encoders: `setting` when set; else one per stem beside a model on the CPU (torch has the
+    CPUs, the encoders use what it leaves), every CPU this process may use beside a model on a GPU (where encoding is
+    what a job waits for: each MP3 stem is then encoded on several threads, `parallel_mp3`)."""
+    if setting > 0:
+        return setting
+    return cpu_budget() if separator.device.type != "cpu" else 0
+
+
+class StemEncoders:
+    """Each track's encoder in a thread of its own, fed through a bounded queue, at idle priority.
+
+    The encoders use the CPU time the model leaves (torch's threads wait on each other within each layer), so encoding
+    costs the separation next to nothing; when they fall `depth` blocks behind, the separator waits for them instead of
+    piling up audio. At the end they drain in parallel (LAME and PyAV let go of the GIL). With `threads` of at least two per
+    track, each MP3 track is itself encoded on several of them (`parallel_mp3`), from a pool of that many threads."""
+
+    def __init__(self, paths: dict[str, Path], rate: int, fmt: str, bitrate: int, depth: int = ENCODER_QUEUE, threads: int = 0):
+        per_track = threads // len(paths)
+        self.pool = (
+            ThreadPoolExecutor(threads, thread_name_prefix="mp3", initializer=idle_priority)
+            if fmt == "mp3" and per_track > 1 and lame.available()
+            else None
+        )
+        self.writers = [
+            parallel_mp3.ParallelMp3Writer(path, rate, bitrate, self.pool, per_track)
+            if self.pool
+            else audio.stem_writer(path, rate, fmt, bitrate)
+            for path in paths.values()
+        ]
+        self.queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in self.writers]
+        self.error: BaseException | None = None
+        self.cpu = [0.0] * len(self.writers)
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"encoder-{track}", daemon=True) for i, track in enumerate(paths)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def cpu_s(self) -> float:
+        """The CPU time encoding took (beside the model)."""
+        return sum(self.cpu) + sum(getattr(writer, "cpu_s", 0.0) for writer in self.writers)
+
+    def _run(self, i: int) -> None:
+        idle_priority()
+        started = time.thread_time()
+        while (block := self.queues[i].get()) is not None:
+            if self.error is None:
+                try:
+                    self.writers[i].write(block.numpy())
+                except BaseException as exc:  # handed to the separating thread at its next put or at close
+                    self.error = exc
+        self.cpu[i] = time.thread_time() - started
+
+    def put(self, block: torch.Tensor) -> None:
+        if self.error is not None:
+            raise self.error
+        if block.shape[-1]:
+            for i, stems in enumerate(self.queues):
+                stems.put(block[i])
+
+    def close(self) -> None:
+        for stems in self.queues:
+            stems.put(None)
+        for thread in self.threads:
+            thread.join()
+        for writer in self.writers:  # every file closed, whichever fails
+            try:
+                writer.close()
+            except BaseException as exc:
+                self.error = self.error or exc
+        if self.pool:
+            self.pool.shutdown(cancel_futures=True)
+        if self.error is not None:
+            raise self.error
+
+
+class StemSink:
+    """Where separated blocks go: the two-stem pick, back to the song's rate, each stem's encoder (in `out_dir`)."""
+
+    def __init__(
+        self,
+        separator: Separator,
+        out_dir: Path,
+        length: int,
+        rate: int,
+        fmt: str,
+        bitrate: int,
+        two_stems: str | None,
+        threads: int = 0,
+    ):
+        """`threads`: the ENCODER_THREADS setting (0: `encoding_threads` picks)."""
+        tracks = list(separator.tracks)
+        self.pick = tracks.index(two_stems) if two_stems else None
+        if two_stems:
+            tracks = [two_stems, f"no_{two_stems}"]
+        ext = audio.FORMATS[fmt][3]
+        self.paths = {track: out_dir / f"{track}.{ext}" for track in tracks}
+        self.encoders = StemEncoders(self.paths, rate, fmt, bitrate, threads=encoding_threads(separator, threads))
+        self.back = StreamResampler(separator.samplerate, rate, length) if rate != separator.samplerate else None
+
+    def put(self, block: torch.Tensor) -> None:
+        if self.pick is not None:
+            block = torch.stack([block[self.pick], block.sum(0) - block[self.pick]])
+        self.encoders.put(self.back.push(block) if self.back else block)
+
+    def finish(self) -> None:
+        if self.back:
+            self.encoders.put(self.back.flush())
+
+    def close(self) -> None:
+        self.encoders.close()
