@@ -11,14 +11,43 @@ import numpy as np
 
 from . import lame
 
-FORMATS = {  # output format -> (container, codec, sample format, file extension, content type)
-    "mp3": ("mp3", "libmp3lame", "fltp", "mp3", "audio/mpeg"),
-    "wav": ("wav", "pcm_s16le", "s16", "wav", "audio/wav"),
-    "flac": ("flac", "flac", "s16", "flac", "audio/flac"),
+
+@dataclass(frozen=True)
+class Format:
+    """An output format of the stems: how PyAV writes it, and how it is stored and served."""
+
+    container: str
+    codec: str
+    sample_format: str
+    ext: str
+    content_type: str
+
+
+FORMATS = {
+    "mp3": Format("mp3", "libmp3lame", "fltp", "mp3", "audio/mpeg"),
+    "wav": Format("wav", "pcm_s16le", "s16", "wav", "audio/wav"),
+    "flac": Format("flac", "flac", "s16", "flac", "audio/flac"),
 }
 BITRATES = (96, 128, 160, 192, 224, 256, 320)
 MP3_RATES = lame.RATES  # an MP3 stem keeps its song's sample rate, which must be one of these
 DEFAULT_BITRATE = 320
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a client asked its stems to be: a job's `options`, where a default is left out (rest checks them)."""
+
+    format: str = "mp3"
+    bitrate: int = DEFAULT_BITRATE  # kbps, for MP3
+    two_stems: str | None = None  # a track, and the rest summed: `<track>` and `no_<track>`
+
+    @classmethod
+    def of(cls, options: dict) -> OutputOptions:
+        return cls(options.get("format", "mp3"), int(options.get("bitrate", DEFAULT_BITRATE)), options.get("two_stems"))
+
+    @property
+    def file_format(self) -> Format:
+        return FORMATS[self.format]
 
 
 # FFmpeg opens only what MSaaS accepts, and only from the file it is given: the demuxers of MP3, WAV, FLAC, OGG and
@@ -182,11 +211,12 @@ class StemWriter:
     """Encodes one stem incrementally through PyAV; call `write` with [channels, n] float32 blocks, then `close`."""
 
     def __init__(self, path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE, channels: int = 2):
-        container_name, codec, self.sample_format, _, _ = FORMATS[fmt]
+        form = FORMATS[fmt]
+        self.sample_format = form.sample_format
         self.sample_rate = sample_rate
         self.layout = "stereo" if channels == 2 else "mono"
-        self.container = av.open(str(path), "w", format=container_name)
-        self.stream = self.container.add_stream(codec, rate=sample_rate, layout=self.layout)
+        self.container = av.open(str(path), "w", format=form.container)
+        self.stream = self.container.add_stream(form.codec, rate=sample_rate, layout=self.layout)
         if fmt == "mp3":
             configure_mp3(self.stream.codec_context, bitrate_kbps)
         self.pts = 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from . import keys
-from .jobs import JobQueue
+from .jobs import JobQueue, WorkerRegistry
 
 
 class QueueCollector:
@@ -14,28 +13,29 @@ class QueueCollector:
 
     def __init__(self, jobs: JobQueue):
         self.jobs = jobs
+        self.registry = WorkerRegistry(jobs)
 
     def collect(self):
-        r = self.jobs.r
+        counts = self.jobs.counts()
         queued = GaugeMetricFamily("msaas_queue_length", "Songs waiting in the toWorker list")
-        queued.add_metric([], r.llen(keys.QUEUE))
+        queued.add_metric([], counts["queued"])
         yield queued
-        workers = [w for w in r.smembers(keys.WORKERS) if r.exists(keys.heartbeat_key(w))]
         alive = GaugeMetricFamily("msaas_workers", "Workers with a live heartbeat")
-        alive.add_metric([], len(workers))
+        alive.add_metric([], self.registry.live_workers())
         yield alive
         running = GaugeMetricFamily("msaas_jobs_running", "Jobs in workers' processing lists")
-        running.add_metric([], sum(r.llen(keys.processing_key(w)) for w in r.smembers(keys.WORKERS)))
+        running.add_metric([], self.registry.running())
         yield running
         ended = GaugeMetricFamily("msaas_jobs_ended", "Jobs that ended, by state, since the counters began", labels=["state"])
-        for state, count in sorted(r.hgetall(keys.STATS).items()):
-            ended.add_metric([state], int(count))
+        for name, count in sorted(counts.items()):
+            if name.startswith("ended."):
+                ended.add_metric([name.removeprefix("ended.")], count)
         yield ended
         dead = GaugeMetricFamily("msaas_dead_letters", "Jobs in the dead-letter list")
-        dead.add_metric([], r.llen(keys.DEAD))
+        dead.add_metric([], counts["dead"])
         yield dead
         callbacks = GaugeMetricFamily("msaas_callbacks_pending", "Callbacks in the outbox, due or waiting to be retried")
-        callbacks.add_metric([], r.zcard(keys.OUTBOX))
+        callbacks.add_metric([], counts["callbacks"])
         yield callbacks
 
 

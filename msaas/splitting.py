@@ -96,7 +96,7 @@ def stitch(
                 carry = carry[..., m:]
             cut = max(0, min(block.shape[-1], until - at))
             if cut:
-                sink.put(block[..., :cut] / chunks.totals(at, at + cut) * std + mean)
+                sink.put(chunks.stems(block[..., :cut], at, mean, std))
             if cut < block.shape[-1]:
                 ahead.append(block[..., cut:])
             at += block.shape[-1]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import redis
 
-from . import audio, lame, models, splitting, storage
+from . import audio, lame, splitting, storage
 from .callbacks import CallbackSender
 from .config import Settings
-from .jobs import Job, JobQueue, JobState
+from .jobs import Job, JobQueue, JobState, ModelDirectory, WorkerRegistry
 from .metrics import WorkerMetrics
 from .retention import Retention
 from .separation import (
@@ -76,17 +76,13 @@ class ResultsNotStored(RuntimeError):
 MODELS_KEPT = 2  # the default model and the last other one used: each holds hundreds of MB
 
 
-def output_options(job: Job) -> tuple[str, int, str | None]:
-    """What the client asked the stems to be: format, bitrate (kbps, for MP3) and the two-stem pick (or None)."""
-    options = job.options
-    return options.get("format", "mp3"), int(options.get("bitrate", audio.DEFAULT_BITRATE)), options.get("two_stems")
-
-
 class Worker:
     def __init__(self, settings: Settings, client: redis.Redis, store: storage.ObjectStore, name: str | None = None):
         self.settings = settings
         self.store = store
         self.jobs = JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s, settings.retention_s)
+        self.registry = WorkerRegistry(self.jobs, settings.heartbeat_ttl_s)
+        self.directory = ModelDirectory(client, settings.demucs_repo, settings.torch_home, settings.heartbeat_ttl_s)
         self.name = name or f"{settings.hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.callbacks = CallbackSender(settings.callback_secret, settings.callback_allow_private, settings.callback_timeout_s)
         self.jobs.outbox.lease_s = 2 * settings.callback_timeout_s + 5  # a delivery held longer: its worker died sending it
@@ -131,16 +127,8 @@ class Worker:
         return sep
 
     def publish_models(self) -> None:
-        repo = self.settings.demucs_repo
-        seen = {}
-        for name, info in models.catalog(repo).items():
-            loaded = self.separators.get(name)
-            seen[name] = {
-                "tracks": loaded.tracks if loaded else info["tracks"],
-                "available": bool(loaded) or models.available(name, repo, self.settings.torch_home),
-            }
-        self.published = seen
-        self.jobs.publish_models(self.name, seen)
+        self.published = self.directory.view({name: sep.tracks for name, sep in self.separators.items()})
+        self.directory.publish(self.name, self.published)
 
     # --- the loop --------------------------------------------------------------------------
     def _beat(self) -> None:
@@ -148,8 +136,8 @@ class Worker:
         Nothing may end it but the worker stopping: without it, the worker would look dead while it works."""
         while not self.stopping.wait(max(1.0, self.settings.heartbeat_ttl_s / 3)):
             try:
-                self.jobs.heartbeat(self.name)
-                self.jobs.publish_models(self.name, self.published)  # refreshed, so it expires only with the worker
+                self.registry.heartbeat(self.name)
+                self.directory.publish(self.name, self.published)  # refreshed, so it expires only with the worker
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
@@ -172,13 +160,13 @@ class Worker:
         with self.giving_back:
             requeued = self.jobs.give_back(self.name, job, refund=False, why=f"no progress for {still_s:.0f} s")
         self._given_back([(job, requeued)])
-        self.jobs.retire(self.name)
+        self.registry.retire(self.name)
         logging.shutdown()
         os._exit(EXIT_STALLED)
 
     def _requeue_orphans(self) -> None:
         with self.giving_back:
-            given = self.jobs.requeue_orphans(self.name)
+            given = self.registry.requeue_orphans(self.name)
         self._given_back(given)
 
     def _given_back(self, given: list[tuple[Job, bool]]) -> None:
@@ -242,7 +230,7 @@ class Worker:
 
         torch.set_num_threads(torch_threads(self.settings.torch_threads, self.settings.device))
         self._wait_for_backends()
-        self.jobs.heartbeat(self.name)
+        self.registry.heartbeat(self.name)
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
         stop_callbacks = self.start_callbacks()
         if self.settings.metrics_port:
@@ -278,7 +266,7 @@ class Worker:
             stop_callbacks()  # a delivery cut off falls due again, for another worker, when its lease ends
             try:
                 with self.giving_back:
-                    moved = self.jobs.retire(self.name)
+                    moved = self.registry.retire(self.name)
                 if moved:
                     log.info("put %d unfinished job(s) back in the queue", moved)
             except redis.RedisError as exc:
@@ -297,7 +285,7 @@ class Worker:
         delay = 1.0
         while True:
             try:
-                self.jobs.r.ping()
+                self.jobs.ping()
                 self.store.ensure_buckets()
                 return
             except (redis.RedisError, storage.StorageError) as exc:
@@ -414,7 +402,7 @@ class Worker:
         started = time.perf_counter()
         source = self._download(job, tmp, progress)
         downloaded = time.perf_counter()
-        workers = self.jobs.live_workers() if sep.can_split and self.settings.split_over_s > 0 else 1
+        workers = self.registry.live_workers() if sep.can_split and self.settings.split_over_s > 0 else 1
         song, read_s = None, 0.0
         if workers > 1:  # only then is the song's length needed before separating: read once, for the split or not
             progress("decoding", 0.0)
@@ -424,17 +412,17 @@ class Worker:
             parts = splitting.parts_for(seconds, self.settings.split_over_s, self.settings.split_max_parts, workers)
             if parts > 1:
                 plan = splitting.make_plan(sep, song, parts)
-                self._record(self.jobs.split, self.name, job, plan)
+                self._record(self.jobs.splits.split, self.name, job, plan)
                 log.info("job %s: %.0f s of song, split into %d parts for the workers", job.songhash, seconds, parts)
                 return Handled(handed_on=f"split into {parts} parts")
-        fmt, bitrate, two_stems = output_options(job)
+        output = audio.OutputOptions.of(job.options)
         report = separate_file(
             sep,
             source,
             tmp,
-            fmt=fmt,
-            bitrate=bitrate,
-            two_stems=two_stems,
+            fmt=output.format,
+            bitrate=output.bitrate,
+            two_stems=output.two_stems,
             max_duration_s=self.settings.max_duration_s,
             progress=progress,
             encoder_threads=self.settings.encoder_threads,
@@ -463,7 +451,7 @@ class Worker:
 
     def _separate_part(self, job: Job, tmp: Path, progress) -> Handled:
         sep = self.separator(job.model)
-        plan = self.jobs.plan(job.songhash)
+        plan = self.jobs.splits.plan(job.songhash)
         if plan is None or not sep.can_split or not 0 <= job.part < len(plan["parts"]):
             raise audio.SongRejected(f"part {job.part} of a song that has no such part (or model {job.model} cannot be split)")
         source = self._download(job, tmp, progress)
@@ -474,7 +462,7 @@ class Worker:
         self.metrics.forward.inc(forward_s)
         progress("uploading", 0.0)
         self._store_result(storage.QUEUE_BUCKET, splitting.part_name(job.songhash, job.part), out, "application/octet-stream")
-        done = self._record(self.jobs.finish_part, self.name, job, len(plan["parts"]))
+        done = self._record(self.jobs.splits.finish_part, self.name, job, len(plan["parts"]))
         log.info(
             "job %s: part %d stored by %s (%d of %d done); forward passes %.1f s",
             job.songhash,
@@ -488,12 +476,13 @@ class Worker:
 
     def _stitch(self, job: Job, tmp: Path, progress) -> Handled:
         sep = self.separator(job.model)
-        plan = self.jobs.plan(job.songhash)
+        plan = self.jobs.splits.plan(job.songhash)
         if plan is None or not sep.can_split:
             raise audio.SongRejected(f"no plan to stitch song {job.songhash} with model {job.model}")
         # Encoding alone, no model running beside it: every CPU this worker may use.
         threads = self.settings.encoder_threads or cpu_budget()
-        sink = StemSink(sep, tmp, plan["samples"], plan["rate"], *output_options(job), threads)
+        output = audio.OutputOptions.of(job.options)
+        sink = StemSink(sep, tmp, plan["samples"], plan["rate"], output.format, output.bitrate, output.two_stems, threads)
         part = tmp / "part"
 
         def fetch(k: int) -> Path:
@@ -509,10 +498,10 @@ class Worker:
         return Handled(self._upload(job, sink.paths, progress))
 
     def _upload(self, job: Job, stems: dict[str, Path], progress) -> list[str]:
-        _, _, _, ext, content_type = audio.FORMATS[output_options(job)[0]]
+        form = audio.OutputOptions.of(job.options).file_format
         for i, (track, path) in enumerate(stems.items()):
             progress("uploading", i / len(stems))
-            self._store_result(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, ext), path, content_type)
+            self._store_result(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, form.ext), path, form.content_type)
         return list(stems)
 
     def _store_result(self, bucket: str, name: str, path: Path, content_type: str) -> None:
@@ -543,7 +532,7 @@ class Worker:
         names = [storage.upload_name(job.songhash)]
         if not job.whole:
             try:
-                plan = self.jobs.plan(job.songhash)
+                plan = self.jobs.splits.plan(job.songhash)
             except redis.RedisError:
                 plan = None
             names += [splitting.part_name(job.songhash, k) for k in range(len(plan["parts"]) if plan else 0)]

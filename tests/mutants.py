@@ -80,9 +80,9 @@ MUTANTS = [
         "ctrl-c-charges-an-attempt",
         T + "test_faults.py::test_ctrl_c_puts_a_running_job_back_at_once_with_its_attempt",
         "a worker leaving on Ctrl-C puts its job back with the attempt spent",
-        "msaas/jobs.py",
-        "moved = len(self.recover(worker, refund=True))",
-        "moved = len(self.recover(worker, refund=False))",
+        "msaas/jobs/registry.py",
+        "moved = len(self.queue.recover(worker, refund=True))",
+        "moved = len(self.queue.recover(worker, refund=False))",
     ),
     Mutant(
         "redis-outage-crashes",
@@ -105,7 +105,7 @@ MUTANTS = [
         T
         + "test_faults.py::test_a_song_that_kills_its_worker_every_time_fails_after_its_attempts_and_the_song_behind_it_is_done",
         "a job whose worker dies with it is tried again forever",
-        "msaas/jobs.py",
+        "msaas/jobs/queue.py",
         "again = retry and (attempts < self.max_attempts or not charge)",
         "again = retry",
     ),

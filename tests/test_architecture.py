@@ -126,3 +126,14 @@ def test_no_caller_checks_an_engines_class():
                 call = ast.unparse(node)
                 assert not engines & set(re.findall(r"\w+", call)), f"{name}: {call}"
                 assert not re.search(r"\b(sep|separator)\b", ast.unparse(node.args[0])), f"{name}: {call}"
+
+
+def test_only_the_job_system_reaches_into_its_redis_client():
+    """Workers, rest and metrics ask JobQueue, WorkerRegistry, Splits and ModelDirectory; none uses their client (`.r`)."""
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if name.startswith("msaas.jobs"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "r" and isinstance(node.value, ast.Attribute):
+                assert node.value.attr not in ("jobs", "registry", "directory", "splits"), f"{name}: {ast.unparse(node)}"

@@ -158,3 +158,15 @@ def test_the_demucs_command_lines_mp3_stems_start_late_and_run_long_as_the_readm
     ours = tmp_path / "msaas.mp3"
     audio.encode(ours, wave, rate, "mp3", 320)
     assert audio.decode(ours)[0].shape == wave.shape  # MSaaS's own: exact length, lag 0 (test_lame has the rest)
+
+
+def test_output_options_read_a_jobs_options_with_their_defaults():
+    assert audio.OutputOptions.of({}) == audio.OutputOptions("mp3", 320, None)
+    flac = audio.OutputOptions.of({"format": "flac", "two_stems": "vocals"})
+    assert (flac.format, flac.two_stems, flac.file_format.ext, flac.file_format.content_type) == (
+        "flac",
+        "vocals",
+        "flac",
+        "audio/flac",
+    )
+    assert audio.OutputOptions.of({"bitrate": "192"}).bitrate == 192

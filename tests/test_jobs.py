@@ -5,11 +5,15 @@ import json
 import pytest
 
 from msaas import keys
-from msaas.jobs import Job, JobQueue, songhash
+from msaas.jobs import Job, JobQueue, ModelDirectory, WorkerRegistry, songhash
 
 
 def q(client, **kw) -> JobQueue:
     return JobQueue(client, **kw)
+
+
+def workers(jobs: JobQueue) -> WorkerRegistry:
+    return WorkerRegistry(jobs, jobs.heartbeat_ttl_s)
 
 
 def test_submit_pushes_a_small_json_message_and_a_record(redis_client):
@@ -78,7 +82,7 @@ def test_jobs_of_a_worker_without_heartbeat_are_requeued_at_the_front(redis_clie
     jobs.submit(Job("new", "m"))
     jobs.claim("dead-worker", 1)
     redis_client.delete(keys.heartbeat_key("dead-worker"))  # as if its TTL ran out
-    assert [(job.songhash, requeued) for job, requeued in jobs.requeue_orphans("taker")] == [("old", True)]
+    assert [(job.songhash, requeued) for job, requeued in workers(jobs).requeue_orphans("taker")] == [("old", True)]
     assert jobs.queued() == ["old", "new"]
     assert jobs.status("old")["state"] == "queued"
     assert not redis_client.sismember(keys.WORKERS, "dead-worker")
@@ -88,7 +92,7 @@ def test_live_workers_keep_their_jobs(redis_client):
     jobs = q(redis_client)
     jobs.submit(Job("h1", "m"))
     jobs.claim("alive", 1)
-    assert jobs.requeue_orphans("taker") == []
+    assert workers(jobs).requeue_orphans("taker") == []
     assert jobs.status("h1")["state"] == "running"
 
 
@@ -120,16 +124,39 @@ def test_forgetting_tracks_keeps_the_others_and_ends_with_an_empty_list(redis_cl
 
 
 def test_a_model_is_available_when_any_live_worker_can_load_it(redis_client):
-    jobs = q(redis_client)
-    jobs.publish_models(
+    jobs, models = q(redis_client), ModelDirectory(redis_client)
+    models.publish(
         "cpu-worker",
         {"htdemucs": {"tracks": ["drums"], "available": False}, "spleeter-2stems": {"tracks": ["vocals"], "available": True}},
     )
-    jobs.publish_models("gpu-worker", {"htdemucs": {"tracks": ["drums"], "available": True}})
-    seen = jobs.published_models()
+    models.publish("gpu-worker", {"htdemucs": {"tracks": ["drums"], "available": True}})
+    seen = models.published()
     assert seen["htdemucs"]["available"] is True and seen["spleeter-2stems"]["available"] is True
-    jobs.retire("gpu-worker")  # leaves: its word goes with it
-    assert jobs.published_models()["htdemucs"]["available"] is False
+    workers(jobs).retire("gpu-worker")  # leaves: its word goes with it
+    assert models.published()["htdemucs"]["available"] is False
+
+
+def test_the_model_directory_merges_the_table_with_what_the_workers_say(redis_client, tiny_repo):
+    models = ModelDirectory(redis_client, repo=tiny_repo)
+    alone = models.entry("tiny")  # no worker has spoken: this process's own look at DEMUCS_REPO
+    assert alone.available and not alone.published and alone.tracks is None  # a repo's model: tracks known once loaded
+    assert models.entry("spleeter-2stems").tracks == ["vocals", "accompaniment"]  # the table's own
+    assert models.entry("no-such-model") is None
+    models.publish(
+        "w1",
+        {
+            "spleeter-2stems": {"tracks": None, "available": False},
+            "tiny": {"tracks": ["drums", "bass", "other", "vocals"], "available": False},
+            "extra": {"tracks": ["a", "b"], "available": True},
+        },
+    )
+    spleeter, tiny, extra = models.entry("spleeter-2stems"), models.entry("tiny"), models.entry("extra")
+    assert tiny.published and not tiny.available and tiny.tracks == ["drums", "bass", "other", "vocals"]  # the worker's word
+    assert spleeter.tracks == ["vocals", "accompaniment"]  # a worker that says nothing of tracks: the table's
+    assert extra.available and extra.tracks == ["a", "b"]  # known from a worker only
+    assert list(models.entries())[-1] == "extra"  # the table's models first, in its order
+    view = models.view({"tiny": ["x", "y"]})  # what a worker with "tiny" loaded publishes
+    assert view["tiny"] == {"tracks": ["x", "y"], "available": True}
 
 
 # --- a long song split across workers ---------------------------------------------------------
@@ -141,7 +168,7 @@ def split_job(jobs, other_songs=("later",)):
     for h in other_songs:
         jobs.submit(Job(h, "m"))
     job = jobs.claim("w1", 1)
-    jobs.split("w1", job, PLAN)
+    jobs.splits.split("w1", job, PLAN)
     return job
 
 
@@ -163,14 +190,14 @@ def test_the_last_part_done_queues_the_stitch_once(redis_client):
     parts = [jobs.claim(f"w{k}", 1) for k in range(3)]
     jobs.progress(parts[0], "separating", 0.5)
     assert jobs.status("long")["progress"] == round(0.9 * 0.5 / 3, 4)
-    assert jobs.finish_part("w0", parts[0], 3) == 1
-    assert jobs.finish_part("w2", parts[2], 3) == 2
+    assert jobs.splits.finish_part("w0", parts[0], 3) == 1
+    assert jobs.splits.finish_part("w2", parts[2], 3) == 2
     assert redis_client.llen(keys.QUEUE) == 0
-    assert jobs.finish_part("w1", parts[1], 3) == 3
+    assert jobs.splits.finish_part("w1", parts[1], 3) == 3
     assert jobs.status("long")["progress"] == 0.9
     again = jobs.claim("w0", 1)  # part 1 rerun (its worker presumed dead) finishes a second time: no second stitch
     assert again.stitch and again.part is None
-    assert jobs.finish_part("w1", parts[1], 3) == 3
+    assert jobs.splits.finish_part("w1", parts[1], 3) == 3
     assert redis_client.llen(keys.QUEUE) == 0
     jobs.finish("w0", again, ["vocals"])
     assert jobs.status("long")["state"] == "done" and not redis_client.exists(keys.parts_key("long"))
@@ -190,7 +217,7 @@ def test_parts_count_their_own_attempts_and_one_failing_for_good_fails_the_song(
     assert status["state"] == "failed" and status["error"] == "boom again"
     assert not redis_client.exists(keys.parts_key("long"))
     other = jobs.claim("w2", 1)
-    assert jobs.finish_part("w2", other, 3) == -1  # the song has ended: nothing more is queued
+    assert jobs.splits.finish_part("w2", other, 3) == -1  # the song has ended: nothing more is queued
     assert redis_client.llen(keys.processing_key("w2")) == 0
 
 
@@ -199,7 +226,7 @@ def test_a_dead_workers_part_goes_back_without_requeueing_its_song(redis_client)
     split_job(jobs, other_songs=())
     jobs.claim("dead", 1)
     redis_client.delete(keys.heartbeat_key("dead"))
-    assert len(jobs.requeue_orphans("taker")) == 1
+    assert len(workers(jobs).requeue_orphans("taker")) == 1
     assert jobs.status("long")["state"] == "running"
     assert jobs.claim("w2", 1).part == 0
 
@@ -216,7 +243,7 @@ def test_a_job_whose_worker_dies_every_time_fails_after_its_attempts_and_the_nex
     for n in (1, 2):
         assert jobs.claim(f"w{n}", 1).songhash == "poison"
         kill(redis_client, f"w{n}")
-        ((job, requeued),) = jobs.requeue_orphans("survivor")
+        ((job, requeued),) = workers(jobs).requeue_orphans("survivor")
         assert job.songhash == "poison" and requeued is (n < 2)
     status = jobs.status("poison")
     assert status["state"] == "failed" and status["attempts"] == 2
@@ -240,7 +267,7 @@ def test_a_clean_stop_gives_the_attempt_back(redis_client):
     jobs = q(redis_client, max_attempts=1)
     jobs.submit(Job("h1", "m"))
     jobs.claim("w1", 1)
-    assert jobs.retire("w1") == 1
+    assert workers(jobs).retire("w1") == 1
     status = jobs.status("h1")
     assert status["state"] == "queued" and status["attempts"] == 0 and jobs.queued() == ["h1"]
 

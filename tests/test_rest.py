@@ -165,9 +165,7 @@ def test_removing_a_stem_deletes_it(live_app, song, how):
 
 
 def test_a_model_the_workers_cannot_load_is_refused_at_upload(live_app, song):
-    live_app.backends.jobs.publish_models(
-        "w1", {"htdemucs": {"tracks": ["drums", "bass", "other", "vocals"], "available": False}}
-    )
+    live_app.backends.directory.publish("w1", {"htdemucs": {"tracks": ["drums", "bass", "other", "vocals"], "available": False}})
     r = post_json(live_app, {"mp3": b64(song), "model": "htdemucs"})
     assert r.status_code == 422 and "fetch-model" in r.json()["error"]
 

@@ -10,7 +10,7 @@ from demucs.apply import TensorChunk
 
 from conftest import TINY, make_song, msaas_process, start_rest, wait_until
 from msaas import audio, keys
-from msaas.jobs import JobQueue
+from msaas.jobs import JobQueue, WorkerRegistry
 from msaas.separation import SongStream, StemSink, load_separator, separate_all, separate_file
 from msaas.separation.demucs import Window
 from msaas.splitting import make_plan, parts_for, separate_part, stitch
@@ -136,7 +136,7 @@ def test_a_long_song_is_split_across_two_workers_and_stitched(tiny, settings, re
     client = start_rest(settings, processes)
     song = make_song(tmp_path / "long.mp3", seconds=30, seed=11)
     processes.extend(msaas_process("worker", settings) for _ in range(2))
-    wait_until(lambda: JobQueue(redis_client).live_workers() == 2, what="two live workers")
+    wait_until(lambda: WorkerRegistry(JobQueue(redis_client)).live_workers() == 2, what="two live workers")
     h = client.submit(song, format="wav")["hash"]
     status = wait_until(lambda: (s := client.status(h))["state"] in ("done", "failed") and s, what="the job to end")
     assert status["state"] == "done", status
@@ -160,7 +160,7 @@ def test_a_worker_killed_during_its_part_loses_nothing(tiny, settings, redis_cli
     song = make_song(tmp_path / "long.mp3", seconds=40, seed=12)
     doomed, survivor = msaas_process("worker", settings), msaas_process("worker", settings)
     processes.extend([doomed, survivor])
-    wait_until(lambda: JobQueue(redis_client).live_workers() == 2, what="two live workers")
+    wait_until(lambda: WorkerRegistry(JobQueue(redis_client)).live_workers() == 2, what="two live workers")
     h = client.submit(song, format="wav")["hash"]
 
     def holds_a_part():
@@ -195,7 +195,7 @@ def test_a_worker_killed_while_stitching_loses_nothing(tiny, settings, redis_cli
     song = make_song(tmp_path / "long.mp3", seconds=58, seed=13)
     workers = {w.pid: w for w in (msaas_process("worker", settings), msaas_process("worker", settings))}
     processes.extend(workers.values())
-    wait_until(lambda: JobQueue(redis_client).live_workers() == 2, what="two live workers")
+    wait_until(lambda: WorkerRegistry(JobQueue(redis_client)).live_workers() == 2, what="two live workers")
     h = client.submit(song)["hash"]  # MP3 stems: encoding them makes the stitch last long enough to be cut off
 
     def stitcher() -> int | None:

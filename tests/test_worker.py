@@ -10,7 +10,7 @@ import pytest
 
 from conftest import Receiver, free_port
 from msaas import audio, keys, storage
-from msaas.jobs import Job, JobQueue
+from msaas.jobs import Job
 from msaas.worker import Worker
 
 
@@ -151,7 +151,7 @@ def test_two_stems_and_flac_are_honoured(worker, song):
 
 def test_the_worker_publishes_what_it_can_load(worker):
     worker.separator("tiny")
-    seen = JobQueue(worker.jobs.r).published_models()
+    seen = worker.directory.published()
     assert seen["tiny"] == {"tracks": ["drums", "bass", "other", "vocals"], "available": True}
     assert seen["htdemucs"]["available"] is False
 

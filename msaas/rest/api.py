@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import audio, callbacks, models, storage
+from .. import audio, callbacks, storage
 from ..jobs import Job, JobState, songhash_of_file
 from . import auth, uploads
 from .backends import backends
@@ -36,18 +36,16 @@ def _choices(fields: dict) -> tuple[str, dict, dict | None]:
     """Validate model, two_stems, format, bitrate and callback; returns (model, options, callback)."""
     b = backends()
     model = fields.get("model") or b.settings.demucs_model
-    known = models.catalog(b.settings.demucs_repo)
-    published = b.jobs.published_models()
-    if not isinstance(model, str) or (model not in known and model not in published):
+    entry = b.directory.entry(model) if isinstance(model, str) else None
+    if entry is None:
         raise ApiError(422, f"unknown model {model!r}; GET /apiv1/models lists the models")
-    seen = published.get(model)
-    if seen is not None and not seen.get("available"):
+    if entry.published and not entry.available:  # the workers' word; a model none has spoken of may be downloaded
         raise ApiError(
             422,
             f"the weights of model {model!r} are not available on the workers; "
             "put them in DEMUCS_REPO with `msaas fetch-model` or choose another model",
         )
-    tracks = (seen or {}).get("tracks") or known.get(model, {}).get("tracks")
+    tracks = entry.tracks
     options: dict = {}
     two_stems = fields.get("two_stems")
     if two_stems not in (None, ""):
@@ -169,9 +167,8 @@ def _probe(b, path: Path, model: str, options: dict) -> audio.AudioInfo:
 def _track_count(b, model: str, options: dict) -> int:
     if options.get("two_stems"):
         return 2
-    seen = b.jobs.published_models().get(model) or {}
-    tracks = seen.get("tracks") or models.catalog(b.settings.demucs_repo).get(model, {}).get("tracks")
-    return len(tracks or ()) or 4
+    entry = b.directory.entry(model)
+    return len((entry.tracks if entry else None) or ()) or 4
 
 
 def _stems_bytes(info: audio.AudioInfo, fmt: str, bitrate_kbps: int, tracks: int) -> float:
@@ -206,14 +203,14 @@ def status(songhash: str):
     return jsonify(record)
 
 
-def _stem(songhash: str, track: str) -> tuple[dict, str, str]:
+def _stem(songhash: str, track: str) -> tuple[dict, str, audio.Format]:
     record = _song(songhash)
     match = TRACK.match(track)
     if not match:
         raise ApiError(404, f"unknown track {track!r}")
     name, ext = match.group(1), match.group(2)
-    fmt = record["options"].get("format", "mp3")
-    if name not in record["tracks"] or (ext and ext != audio.FORMATS[fmt][3]):
+    fmt = audio.OutputOptions.of(record["options"]).file_format
+    if name not in record["tracks"] or (ext and ext != fmt.ext):
         have = ", ".join(record["tracks"]) or f"none yet (the job is {record['state']})"
         raise ApiError(404, f"song {songhash} has no track {track!r}; its tracks: {have}")
     return record, name, fmt
@@ -222,13 +219,13 @@ def _stem(songhash: str, track: str) -> tuple[dict, str, str]:
 @bp.get("/track/<songhash>/<track>")
 def track(songhash: str, track: str):
     _, name, fmt = _stem(songhash, track)
-    _, _, _, ext, content_type = audio.FORMATS[fmt]
+    ext = fmt.ext
     try:
         size, chunks = backends().store.stream(storage.OUTPUT_BUCKET, storage.stem_name(songhash, name, ext))
     except storage.ObjectNotFound:
         raise ApiError(404, f"track {name} of {songhash} is no longer stored") from None
     headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{name}.{ext}"'}
-    return Response(chunks, mimetype=content_type, headers=headers)
+    return Response(chunks, mimetype=fmt.content_type, headers=headers)
 
 
 class _Sink(io.RawIOBase):
@@ -255,7 +252,7 @@ def zip_of_stems(songhash: str):
     record = _song(songhash)
     if record["state"] != "done" or not record["tracks"]:
         raise ApiError(404, f"song {songhash} has no stems yet (the job is {record['state']})")
-    ext = audio.FORMATS[record["options"].get("format", "mp3")][3]
+    ext = audio.OutputOptions.of(record["options"]).file_format.ext
     store = backends().store
     opened = [
         (track, store.stream(storage.OUTPUT_BUCKET, storage.stem_name(songhash, track, ext))[1]) for track in record["tracks"]
@@ -281,7 +278,7 @@ def remove(songhash: str, track: str):
     b = backends()
     _, name, fmt = _stem(songhash, track)
     try:
-        b.store.remove(storage.OUTPUT_BUCKET, storage.stem_name(songhash, name, audio.FORMATS[fmt][3]))
+        b.store.remove(storage.OUTPUT_BUCKET, storage.stem_name(songhash, name, fmt.ext))
     except storage.ObjectNotFound:
         pass  # already gone from the store: forgetting it is all that is left to do
     b.jobs.forget_track(songhash, name)
@@ -298,16 +295,8 @@ def openapi():
 @bp.get("/models")
 def list_models():
     b = backends()
-    published = b.jobs.published_models()
-    listed = []
-    names = dict(models.catalog(b.settings.demucs_repo))
-    for name, info in published.items():
-        names[name] = {**names.get(name, {}), **info}
-    for name, info in names.items():
-        available = (
-            info["available"] if "available" in info else models.available(name, b.settings.demucs_repo, b.settings.torch_home)
-        )
-        listed.append(
-            {"name": name, "tracks": info.get("tracks"), "available": available, "default": name == b.settings.demucs_model}
-        )
+    listed = [
+        {"name": e.name, "tracks": e.tracks, "available": e.available, "default": e.name == b.settings.demucs_model}
+        for e in b.directory.entries().values()
+    ]
     return jsonify({"default": b.settings.demucs_model, "models": listed})

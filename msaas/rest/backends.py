@@ -1,4 +1,4 @@
-"""What every request of the REST server works with: the settings, Redis, the object store, the job queue."""
+"""What every request of the REST server works with: the settings, Redis, the object store, the job queue, the models."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ class Backends:
     redis: redis.Redis
     store: storage.ObjectStore
     jobs: jobs.JobQueue
+    directory: jobs.ModelDirectory
     buckets_ready: bool = False
     uploads: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(4))
 
@@ -29,6 +30,7 @@ class Backends:
             redis=client,
             store=store or storage.open_store(settings),
             jobs=jobs.JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s, settings.retention_s),
+            directory=jobs.ModelDirectory(client, settings.demucs_repo, settings.torch_home, settings.heartbeat_ttl_s),
             uploads=threading.BoundedSemaphore(settings.max_uploads),
         )
 

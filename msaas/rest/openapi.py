@@ -123,7 +123,7 @@ def spec() -> dict:
                     "summary": "download a stem",
                     "parameters": [SONGHASH, TRACK],
                     "responses": {
-                        "200": {"description": "the stem", "content": {t: {} for *_, t in audio.FORMATS.values()}},
+                        "200": {"description": "the stem", "content": {f.content_type: {} for f in audio.FORMATS.values()}},
                         "404": ERROR,
                     },
                 },

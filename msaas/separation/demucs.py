@@ -102,7 +102,7 @@ class DemucsSeparator:
     ) -> None:
         chunks = range(len(plan.offsets))
         for start, block in plan.overlap_add(chunks, self.weighted_chunks(source, plan, chunks, progress)):
-            emit(block / plan.totals(start, start + block.shape[-1]) * std + mean)
+            emit(plan.stems(block, start, mean, std))
 
 
 class ChunkPlan:
@@ -146,6 +146,11 @@ class ChunkPlan:
             if lo < hi:
                 total[lo - start : hi - start] += self.weight[lo - offset : hi - offset]
         return total
+
+    def stems(self, sums: torch.Tensor, start: int, mean: float, std: float) -> torch.Tensor:
+        """The chunks' weighted sums from sample `start` on, [tracks, 2, k] -> the stems there: divided by the weights'
+        sum, then back from demucs' normalization of the song (`mean`, `std`)."""
+        return sums / self.totals(start, start + sums.shape[-1]) * std + mean
 
     def overlap_add(self, chunks: range, weighted: Iterable[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
         """Sum the weighted outputs of consecutive chunks; yields (first sample, [tracks, 2, k]) blocks as soon as no

@@ -116,7 +116,7 @@ class StemSink:
         self.pick = tracks.index(two_stems) if two_stems else None
         if two_stems:
             tracks = [two_stems, f"no_{two_stems}"]
-        ext = audio.FORMATS[fmt][3]
+        ext = audio.FORMATS[fmt].ext
         self.paths = {track: out_dir / f"{track}.{ext}" for track in tracks}
         self.encoders = StemEncoders(self.paths, rate, fmt, bitrate, threads=encoding_threads(separator, threads))
         self.back = StreamResampler(separator.samplerate, rate, length) if rate != separator.samplerate else None

@@ -1,44 +1,31 @@
-"""Job records (`job:<songhash>`) and the reliable work queue (`toWorker` plus a processing list per worker)."""
+"""Job records (`job:<songhash>`) and the reliable work queue (`toWorker`, plus a processing list per worker): how a
+job is submitted, claimed, and ended (done, failed, given back) atomically."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import re
 import time
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from string import Template
 from typing import Any
 
 import redis
 
-from . import keys
-from .outbox import Outbox
+from .. import keys
+from ..outbox import Outbox
+from .message import BadMessage, Job, JobState, lua
+from .splits import Splits
+
+
+def beat(client: redis.Redis, worker: str, ttl_s: int) -> None:
+    """`worker` is alive for `ttl_s` more seconds (its heartbeat key, and its name in `workers`)."""
+    pipe = client.pipeline()
+    pipe.set(keys.heartbeat_key(worker), time.time(), ex=ttl_s)
+    pipe.sadd(keys.WORKERS, worker)
+    pipe.execute()
+
 
 log = logging.getLogger("msaas.jobs")
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-# The states as the Lua scripts below spell them ($failed and so on): one source for Python and Lua.
-LUA_STATES = {state.name.lower(): f"'{state.value}'" for state in JobState}
-
-
-def lua(script: str) -> str:
-    return Template(script).substitute(LUA_STATES)
-
-
-class BadMessage(ValueError):
-    """A queue message MSaaS cannot read: it is dead-lettered, never run."""
-
 
 # Enqueue only when the song is new or its last run failed: the same song with the same choices is one job.
 # LPUSH comes first: a script's first write is where a full redis (maxmemory) refuses it, and DEL would not be refused.
@@ -67,52 +54,6 @@ return found
 """
 
 
-# A split song's progress is its parts' mean (p<k> fields of the parts hash), scaled to the share the parts take.
-_PARTS_PROGRESS = """
-local function show_progress(now, share)
-  local sum, n = 0, 0
-  for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
-    if string.sub(field, 1, 1) == 'p' then
-      sum = sum + tonumber(redis.call('HGET', KEYS[2], field)); n = n + 1
-    end
-  end
-  redis.call('HSET', KEYS[1], 'progress', string.format('%.4f', share * sum / n), 'stage', 'separating', 'updated', now)
-end
-"""
-
-# KEYS job, parts; ARGV part, fraction, now, share
-_PART_PROGRESS = (
-    _PARTS_PROGRESS
-    + """
-if redis.call('HGET', KEYS[1], 'state') ~= $running then return 0 end
-redis.call('HSET', KEYS[2], 'p' .. ARGV[1], ARGV[2])
-show_progress(ARGV[3], ARGV[4])
-return 1
-"""
-)
-
-# A part is stored: the last one to finish queues the stitch (once, whoever finishes last and however often parts rerun).
-# KEYS job, parts, processing list, queue; ARGV part, its message, the stitch's message, number of parts, now, share
-_FINISH_PART = (
-    _PARTS_PROGRESS
-    + """
-redis.call('LREM', KEYS[3], 1, ARGV[2])
-if redis.call('HGET', KEYS[1], 'state') ~= $running then return -1 end
-redis.call('HSET', KEYS[2], 'p' .. ARGV[1], 1, 'd' .. ARGV[1], 1)
-show_progress(ARGV[5], ARGV[6])
-local done = 0
-for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if string.sub(field, 1, 1) == 'd' then done = done + 1 end
-end
-if done == tonumber(ARGV[4]) and redis.call('HSETNX', KEYS[2], 'stitch', 1) == 1 then
-  redis.call('RPUSH', KEYS[4], ARGV[3])
-end
-return done
-"""
-)
-PARTS_SHARE = 0.9  # of a split job's progress; the stitch takes the rest
-
-
 def connect(url: str, password: str | None = None) -> redis.Redis:
     """A client for MSaaS's Redis; `password` (REDIS_PASSWORD) unless the URL holds one."""
     return redis.Redis.from_url(
@@ -120,87 +61,19 @@ def connect(url: str, password: str | None = None) -> redis.Redis:
     )
 
 
-@dataclass(frozen=True)
-class Job:
-    """One job message as it travels through the queue; `raw` is the exact list element.
-
-    A long song split across workers travels as one message per part (`part`: its index), then one `stitch`."""
-
-    songhash: str
-    model: str
-    callback: dict | None = None
-    options: dict = field(default_factory=dict)
-    raw: str = ""
-    part: int | None = None
-    stitch: bool = False
-    tenant: str | None = None  # the API key's id when keys are on: whose song it is
-
-    @property
-    def whole(self) -> bool:
-        return self.part is None and not self.stitch
-
-    @property
-    def attempts_field(self) -> str:
-        """Each part and the stitch count their own attempts."""
-        return "attempts" if self.whole else f"attempts.{'stitch' if self.stitch else f'part{self.part}'}"
-
-    def to_message(self) -> str:
-        body: dict[str, Any] = {"songhash": self.songhash, "model": self.model, "callback": self.callback}
-        if self.options:  # under their own key: an option can never be taken for one of the message's own fields
-            body["options"] = self.options
-        if self.part is not None:
-            body["part"] = self.part
-        if self.stitch:
-            body["stitch"] = True
-        if self.tenant:
-            body["tenant"] = self.tenant
-        return json.dumps(body, sort_keys=True)
-
-    def task(self, **which) -> Job:
-        """The message for one part (`part=k`) or the stitch (`stitch=True`) of this job."""
-        return replace(self, **{"raw": "", "part": None, "stitch": False, **which})
-
-    @classmethod
-    def from_message(cls, raw: str) -> Job:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise BadMessage("not JSON") from None
-        if not isinstance(body, dict):
-            raise BadMessage("not a JSON object")
-        songhash, model, callback = body.pop("songhash", None), body.pop("model", None), body.pop("callback", None)
-        part, stitch, tenant = body.pop("part", None), body.pop("stitch", False), body.pop("tenant", None)
-        # Older workers' messages (before 2026-12) carried the output options at the top level: still read the same.
-        options = body.pop("options") if "options" in body else body
-        if not isinstance(options, dict):
-            raise BadMessage("options that are not an object")
-        if not isinstance(songhash, str) or not _SONGHASH.match(songhash):
-            raise BadMessage("no songhash")
-        if not isinstance(model, str) or not model:
-            raise BadMessage("no model")
-        if callback is not None and not (isinstance(callback, dict) and isinstance(callback.get("url"), str)):
-            raise BadMessage("a callback without a url")
-        if part is not None and (type(part) is not int or part < 0):
-            raise BadMessage("a part that is not a number")
-        if tenant is not None and not isinstance(tenant, str):
-            raise BadMessage("a tenant that is not a string")
-        return cls(songhash, model, callback, options, raw, part, bool(stitch), tenant)
-
-
-_SONGHASH = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
-
-
 class JobQueue:
+    """Job records and the work queue: a job is submitted (record + message), claimed into a worker's processing list,
+    and ends done, failed or given back, each in one step; `splits` holds a split song's parts and stitch."""
+
     def __init__(self, client: redis.Redis, max_attempts: int = 3, heartbeat_ttl_s: int = 30, retention_s: float = 0.0):
         self.r = client
         self.max_attempts = max_attempts
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.retention_s = retention_s
         self.outbox = Outbox(client)
+        self.splits = Splits(client)
         self._submit = client.register_script(lua(_SUBMIT))
         self._forget_track = client.register_script(_FORGET_TRACK)
-        self._part_progress = client.register_script(lua(_PART_PROGRESS))
-        self._finish_part = client.register_script(lua(_FINISH_PART))
 
     # --- rest side -------------------------------------------------------------------------
     def submit(self, job: Job) -> str | None:
@@ -240,10 +113,6 @@ class JobQueue:
             del out[name]
         return out
 
-    def plan(self, songhash: str) -> dict | None:
-        raw = self.r.hget(keys.job_key(songhash), "plan")
-        return json.loads(raw) if raw else None
-
     def queued(self, tenant: str | None = None) -> list[str]:
         """One tenant's songhashes waiting, oldest first (rest pushes on the left, workers take from the right)."""
         waiting = []
@@ -265,7 +134,7 @@ class JobQueue:
 
         None when the queue stays empty, and also when what was taken cannot run: a message that does not parse
         (dead-lettered) or a job already taken `max_attempts` times (failed)."""
-        self.heartbeat(worker)
+        beat(self.r, worker, self.heartbeat_ttl_s)  # taking a job is a sign of life (this worker's beat may be late)
         raw = self.r.blmove(keys.QUEUE, keys.processing_key(worker), timeout_s, "RIGHT", "LEFT")
         if raw is None:
             return None
@@ -298,10 +167,7 @@ class JobQueue:
 
     def progress(self, job: Job, stage: str, progress: float | None = None) -> None:
         if job.part is not None:
-            now = time.time()
-            self._part_progress(
-                keys=[keys.job_key(job.songhash), keys.parts_key(job.songhash)], args=[job.part, progress or 0, now, PARTS_SHARE]
-            )
+            self.splits.progress(job, progress or 0)
             return
         fields: dict[str, Any] = {"stage": stage, "updated": time.time()}
         if progress is not None:
@@ -340,29 +206,6 @@ class JobQueue:
             pipe.zadd(keys.EXPIRING, {job.songhash: now + self.retention_s})
 
     # --- a long song across workers --------------------------------------------------------
-    def split(self, worker: str, job: Job, plan: dict) -> None:
-        """Replace a claimed song's message by one message per part, at the front of the queue (taken next, part 0 first)."""
-        n = len(plan["parts"])
-        parts = [job.task(part=k).to_message() for k in range(n)]
-        pipe = self.r.pipeline()
-        pipe.hset(
-            keys.job_key(job.songhash),
-            mapping={"plan": json.dumps(plan), "stage": f"split into {n} parts", "progress": 0, "updated": time.time()},
-        )
-        pipe.delete(keys.parts_key(job.songhash))
-        pipe.hset(keys.parts_key(job.songhash), mapping={f"p{k}": 0 for k in range(n)})
-        pipe.rpush(keys.QUEUE, *reversed(parts))
-        pipe.lrem(keys.processing_key(worker), 1, job.raw)
-        pipe.execute()
-
-    def finish_part(self, worker: str, job: Job, parts: int) -> int:
-        """Record part `job.part` as stored; returns how many parts are done (-1: the job ended meanwhile)."""
-        return int(
-            self._finish_part(
-                keys=[keys.job_key(job.songhash), keys.parts_key(job.songhash), keys.processing_key(worker), keys.QUEUE],
-                args=[job.part, job.raw, job.task(stitch=True).to_message(), parts, time.time(), PARTS_SHARE],
-            )
-        )
 
     def drop(self, worker: str, job: Job) -> None:
         """Let go of a message whose job has ended (a part of a song that failed)."""
@@ -441,21 +284,6 @@ class JobQueue:
             f"and it has had its {self.max_attempts} attempts; it is not tried again"
         )
 
-    def heartbeat(self, worker: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.set(keys.heartbeat_key(worker), time.time(), ex=self.heartbeat_ttl_s)
-        pipe.sadd(keys.WORKERS, worker)
-        pipe.execute()
-
-    def retire(self, worker: str) -> int:
-        """A worker leaving cleanly puts back whatever it still holds, attempts refunded."""
-        moved = len(self.recover(worker, refund=True))
-        pipe = self.r.pipeline()
-        pipe.delete(keys.heartbeat_key(worker), keys.models_key(worker))
-        pipe.srem(keys.WORKERS, worker)
-        pipe.execute()
-        return moved
-
     def recover(self, worker: str, refund: bool = False, why: str = "the worker stopped") -> list[tuple[Job, bool]]:
         """Give back every job in `worker`'s own processing list (a worker between jobs should hold none); returns each
         job and whether it was requeued (else it has failed: its attempts were spent)."""
@@ -469,67 +297,15 @@ class JobQueue:
             given.append((job, self.give_back(worker, job, refund, why)))
         return given
 
-    def requeue_orphans(self, taker: str) -> list[tuple[Job, bool]]:
-        """Give back the jobs of workers whose heartbeat expired: each moves into `taker`'s processing list first (one
-        worker gets each, and it is not lost if `taker` dies too), then back to the queue's front, or failed when its
-        attempts are spent. Returns each job and whether it was requeued."""
-        given: list[tuple[Job, bool]] = []
-        for worker in self.r.smembers(keys.WORKERS):
-            if worker == taker or self.r.exists(keys.heartbeat_key(worker)):
-                continue
-            while (raw := self.r.lmove(keys.processing_key(worker), keys.processing_key(taker), "RIGHT", "LEFT")) is not None:
-                try:
-                    job = Job.from_message(raw)
-                except BadMessage as exc:
-                    self.dead_letter(taker, raw, str(exc))
-                    continue
-                log.warning("worker %s stopped holding job %s; %s takes it back", worker, job.songhash, taker)
-                given.append((job, self.give_back(taker, job, refund=False)))
-            self.r.srem(keys.WORKERS, worker)
-        return given
+    def ping(self) -> None:
+        self.r.ping()
 
-    # --- models as the workers see them ----------------------------------------------------
-    def live_workers(self) -> int:
-        return sum(1 for worker in self.r.smembers(keys.WORKERS) if self.r.exists(keys.heartbeat_key(worker)))
-
-    def publish_models(self, worker: str, models: dict[str, dict]) -> None:
-        """What one worker can load; it expires with the worker unless refreshed (with each heartbeat)."""
-        self.r.set(keys.models_key(worker), json.dumps(models), ex=max(4 * self.heartbeat_ttl_s, 60))
-
-    def published_models(self) -> dict[str, dict]:
-        """Every live worker's models merged: a model is available when any worker can load it."""
-        merged: dict[str, dict] = {}
-        for key in self.r.scan_iter(match=keys.models_key("*"), count=100):
-            raw = self.r.get(key)
-            for name, info in (json.loads(raw) if raw else {}).items():
-                seen = merged.setdefault(name, {"tracks": None, "available": False})
-                seen["tracks"] = info.get("tracks") or seen["tracks"]
-                seen["available"] = seen["available"] or bool(info.get("available"))
-        return merged
-
-
-def songhash(model: str, options: dict, data: bytes, tenant: str | None = None) -> str:
-    """SHA-224 of the model name, the other choices and the song's bytes: the same request is the same job. With API
-    keys on, the key's tenant id is hashed too: the same song sent with two keys is two songs, one per tenant."""
-    digest = _choices_digest(model, options, tenant)
-    digest.update(data)
-    return digest.hexdigest()
-
-
-def songhash_of_file(model: str, options: dict, path, tenant: str | None = None, block: int = 1 << 20) -> str:
-    """`songhash` of a song on disk, read block by block."""
-    digest = _choices_digest(model, options, tenant)
-    with open(path, "rb") as song:
-        while chunk := song.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _choices_digest(model: str, options: dict, tenant: str | None):
-    digest = hashlib.sha224(model.encode())
-    for name in sorted(options):
-        digest.update(f"\0{name}={options[name]}".encode())
-    if tenant:
-        digest.update(f"\0\0tenant={tenant}".encode())
-    digest.update(b"\0")
-    return digest
+    def counts(self) -> dict[str, int]:
+        """The queue as a whole, for metrics: waiting, dead-lettered, callbacks pending, and the ended jobs by state."""
+        pipe = self.r.pipeline()
+        pipe.llen(keys.QUEUE)
+        pipe.llen(keys.DEAD)
+        pipe.zcard(keys.OUTBOX)
+        pipe.hgetall(keys.STATS)
+        queued, dead, callbacks, ended = pipe.execute()
+        return {"queued": queued, "dead": dead, "callbacks": callbacks, **{f"ended.{s}": int(n) for s, n in ended.items()}}
