@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from msaas import audio  # noqa: E402
+from msaas import audio, compat  # noqa: E402
 
 REPO = Path(tempfile.gettempdir()) / "msaas-bench-htdemucs-7.8"
 
@@ -38,7 +38,7 @@ def full_size_htdemucs(repo: Path = REPO) -> Path:
     if not list(repo.glob("*.th")):
         torch.manual_seed(0)
         model = HTDemucs(sources=["drums", "bass", "other", "vocals"], segment=Fraction(39, 5))
-        args, kwargs = model._init_args_kwargs
+        args, kwargs = compat.model_init_args(model)
         save_with_checksum({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, repo / "955717e8.th")
         (repo / "htdemucs.yaml").write_text(yaml.safe_dump({"models": ["955717e8"]}))
     return repo

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
@@ -199,7 +200,20 @@ def frame(data: np.ndarray, sample_format: str, layout: str, rate: int, pts: int
     return out
 
 
-def stem_writer(path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE, channels: int = 2):
+class StemFile(Protocol):
+    """What every writer of one stem file offers (PyAV's StemWriter, LAME's lame.Mp3Writer, parallel_mp3's
+    ParallelMp3Writer): `write` [channels, n] float32 blocks in [-1, 1] as they come, then `close`."""
+
+    cpu_s: float  # CPU spent encoding on threads other than the writing one (a pool's); 0 when all of it is the caller's
+
+    def write(self, block: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def stem_writer(
+    path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE, channels: int = 2
+) -> StemFile:
     """A writer for one stem (`write` [channels, n] float32 blocks, then `close`): MP3 through LAME itself
     (`lame.Mp3Writer`, at 0.4x the CPU of FFmpeg's build of it), anything else, or MP3 without it, through PyAV."""
     if fmt == "mp3" and lame.available():
@@ -209,6 +223,8 @@ def stem_writer(path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: in
 
 class StemWriter:
     """Encodes one stem incrementally through PyAV; call `write` with [channels, n] float32 blocks, then `close`."""
+
+    cpu_s = 0.0  # all of it on the writing thread
 
     def __init__(self, path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE, channels: int = 2):
         form = FORMATS[fmt]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -58,7 +57,7 @@ def cmd_up(settings: Settings, args) -> int:
 
     logbus.setup("up", settings.hostname, None, settings.log_level)
     root = Path(args.dir)
-    if "STORAGE_DIR" not in os.environ:
+    if "storage_dir" not in settings.given:
         settings = settings.with_(storage_dir=root / "storage")
     return up(settings, root, [Path(p) for p in args.try_files], Path(args.out))
 
@@ -75,10 +74,10 @@ def cmd_fetch_model(settings: Settings, args) -> int:
     return 0
 
 
-def _client(args):
+def _client(settings: Settings, args):
     from .client import Client
 
-    return Client(args.server or os.environ.get("REST") or "localhost:5000", api_key=args.key or os.environ.get("MSAAS_API_KEY"))
+    return Client(args.server or settings.rest, api_key=args.key or settings.api_key)
 
 
 def progress_line(name: str, status: dict, width: int = 30) -> str:
@@ -93,7 +92,7 @@ def progress_line(name: str, status: dict, width: int = 30) -> str:
 def cmd_separate(settings: Settings, args) -> int:
     from .client import ApiError
 
-    client = _client(args)
+    client = _client(settings, args)
     code = 0
     for song in map(Path, args.files):
         if not song.is_file():
@@ -131,11 +130,11 @@ def _show(call) -> int:
 
 
 def cmd_status(settings: Settings, args) -> int:
-    return _show(lambda: _client(args).status(args.hash))
+    return _show(lambda: _client(settings, args).status(args.hash))
 
 
 def cmd_queue(settings: Settings, args) -> int:
-    return _show(lambda: _client(args).queue())
+    return _show(lambda: _client(settings, args).queue())
 
 
 def parser() -> argparse.ArgumentParser:

@@ -115,6 +115,9 @@ class Settings:
     host: str | None = None  # the address rest binds; None: each command's default (0.0.0.0 for `msaas rest`, loopback for `up`)
     rate_limit: str | None = None  # uploads per key (or client address), flask-limiter syntax: "30/minute;500/day"
     max_queued_songs: int = 20  # songs one API key may have waiting at once (with API_KEYS set)
+    rest: str = "localhost:5000"  # the command line's server (REST, as the course's sample clients call it)
+    api_key: str | None = None  # the command line's API key (MSAAS_API_KEY)
+    given: frozenset[str] = field(default=frozenset(), compare=False)  # the settings the environment set
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -124,9 +127,10 @@ class Settings:
             raw = env.get(var.env)
             if raw not in (None, ""):
                 values[name] = var.read(raw)
+        given = frozenset(values)
         values["redis_url"] = _redis_url(env)
         values.setdefault("hostname", socket.gethostname())
-        return cls(**values)
+        return cls(**values, given=given)
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
@@ -216,4 +220,6 @@ VARIABLES: dict[str, Var] = {
     "host": Var("HOST"),
     "rate_limit": Var("RATE_LIMIT", _rate_limit),
     "max_queued_songs": Var("MAX_QUEUED_SONGS", _int("MAX_QUEUED_SONGS", least=1)),
+    "rest": Var("REST", written=False),  # the client's; not the servers'
+    "api_key": Var("MSAAS_API_KEY", written=False),
 }

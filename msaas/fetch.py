@@ -8,20 +8,19 @@ from pathlib import Path
 
 import yaml
 
-from . import models
+from . import compat, models
 
 log = logging.getLogger("msaas.fetch")
 
 
 def _from_legacy_repo(name: str, dest: Path, root_url: str | None, remote: Path | None = None) -> None:
     """demucs' own list of files (`remote/files.txt`, its package's by default) downloaded from `root_url` (its host)."""
-    from demucs import pretrained
     from torch.hub import download_url_to_file
 
     remote = remote or models.demucs_remote_dir()
-    urls = pretrained._parse_remote_files(remote / "files.txt")
+    urls = compat.demucs_remote_files(remote)
     if root_url:
-        urls = {sig: root_url.rstrip("/") + "/" + url[len(pretrained.ROOT_URL) :] for sig, url in urls.items()}
+        urls = {sig: root_url.rstrip("/") + "/" + url[len(compat.demucs_root_url()) :] for sig, url in urls.items()}
     bag = remote / f"{name}.yaml"
     sigs = yaml.safe_load(bag.read_text())["models"] if bag.is_file() else [name]
     for sig in sigs:
@@ -47,7 +46,7 @@ def _from_hf_hub(name: str, dest: Path) -> None:
     bag = yaml.safe_load(Path(bag_file).read_text())
     for sig in bag["models"]:
         model = load_safetensors_model(hf_hub_download(repo_id, f"{sig}.safetensors"))
-        args, kwargs = model._init_args_kwargs
+        args, kwargs = compat.model_init_args(model)
         package = {"klass": model.__class__, "args": args, "kwargs": kwargs, "state": model.state_dict()}
         save_with_checksum(package, dest / f"{sig}.th")
     shutil.copyfile(bag_file, dest / f"{name}.yaml")

@@ -259,7 +259,9 @@ class Mp3File:
 
 
 class Mp3Writer:
-    """One stem encoded as it comes (`audio.StemWriter`'s interface): `write` [channels, n] float32 blocks, then `close`."""
+    """One stem encoded as it comes (an `audio.StemFile`): `write` [channels, n] float32 blocks, then `close`."""
+
+    cpu_s = 0.0  # all of it on the writing thread
 
     def __init__(self, path: Path, rate: int, bitrate_kbps: int, channels: int = 2):
         self.encoder = Encoder(rate, channels, bitrate_kbps)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from . import audio, lame, splitting, storage
+from . import audio, compat, lame, splitting, storage
 from .callbacks import CallbackSender
 from .config import Settings
 from .jobs import Job, JobQueue, JobState, ModelDirectory, WorkerRegistry
@@ -240,6 +240,8 @@ class Worker:
                 log.warning("no metrics on port %d: %s", self.settings.metrics_port, exc)
         log.info("worker %s ready: model %s, %d torch threads", self.name, self.settings.demucs_model, torch.get_num_threads())
         (log.info if lame.available() else log.warning)(lame.describe())
+        for usual, line in compat.describe():
+            (log.info if usual else log.warning)(line)
         self.publish_models()
         if preload:
             try:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from msaas import audio, jobs, redisproc, storage
+from msaas import audio, compat, jobs, redisproc, storage
 from msaas.client import Client
 from msaas.config import Settings
 
@@ -129,7 +129,7 @@ def build_tiny_model(repo: Path, name: str = TINY) -> Path:
         dconv_comp=2,
         segment=4,
     )
-    args, kwargs = model._init_args_kwargs
+    args, kwargs = compat.model_init_args(model)
     repo.mkdir(parents=True, exist_ok=True)
     save_with_checksum({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, repo / "tiny0001.th")
     (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": ["tiny0001"]}))

@@ -7,58 +7,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import import_graph
+
 from conftest import ROOT
 
 PACKAGE = ROOT / "msaas"
 
 
 def torch_side() -> set[str]:
-    """The modules that load torch (or demucs) when used: those that import it themselves (at any level), and those that
-    import one of them."""
-    found = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            if any(n == "torch" or n.startswith("torch.") or n.startswith("demucs") for n in names):
-                found.add(module_name(path))
-    graph = imports(top_level_only=False)
-    while more := {name for name, targets in graph.items() if targets & found} - found:
-        found |= more
-    return found
+    return import_graph.torch_side(ROOT)
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return import_graph.module_name(path, ROOT)
 
 
 def imports(top_level_only: bool) -> dict[str, set[str]]:
-    """msaas module -> the msaas modules it imports (at module level only, or anywhere in it)."""
-    graph: dict[str, set[str]] = {}
-    for path in PACKAGE.rglob("*.py"):
-        name = module_name(path)
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        tree = ast.parse(path.read_text())
-        nodes = tree.body if top_level_only else list(ast.walk(tree))
-        found = set()
-        for node in nodes:
-            if isinstance(node, ast.Import):
-                found |= {a.name for a in node.names if a.name.startswith("msaas")}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-                if base.startswith("msaas"):
-                    found.add(base)
-                    found |= {
-                        f"{base}.{a.name}"
-                        for a in node.names
-                        if (PACKAGE.parent / f"{base}.{a.name}".replace(".", "/")).with_suffix(".py").exists()
-                    }
-        graph[name] = found - {name}
-    return graph
+    return import_graph.imports(ROOT, top_level_only)
 
 
 def test_no_cycle_among_module_level_imports():
@@ -137,3 +102,14 @@ def test_only_the_job_system_reaches_into_its_redis_client():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr == "r" and isinstance(node.value, ast.Attribute):
                 assert node.value.attr not in ("jobs", "registry", "directory", "splits"), f"{name}: {ast.unparse(node)}"
+
+
+def test_the_environment_is_read_in_config_only():
+    """Every setting is read once, in config.py (the command line's own REST and MSAAS_API_KEY too); `msaas up` hands the
+    environment on to its children (PATH and the rest), which is the only other mention."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if path.name == "config.py":
+            continue
+        mentions = text.count("os.environ") + text.count("getenv")
+        assert mentions == (1 if path.name == "embedded.py" else 0), f"{path.name} reads the environment itself"

@@ -78,7 +78,7 @@ def test_every_setting_is_read_and_written_back_through_one_table():
 
     from msaas.config import VARIABLES
 
-    assert {f.name for f in fields(Settings)} - set(VARIABLES) == {"redis_url"}
+    assert {f.name for f in fields(Settings)} - set(VARIABLES) == {"redis_url", "given"}
     everything = {
         "MINIO_HOST": "minio:9000", "MINIO_ACCESS_KEY": "a", "MINIO_SECRET_KEY": "b", "MINIO_SECURE": "1", "STORAGE_DIR": "/s",
         "DEMUCS_MODEL": "m", "DEMUCS_REPO": "/r", "PORT": "5001", "MAX_UPLOAD_MB": "12.5", "MAX_DURATION_S": "60",
@@ -88,7 +88,7 @@ def test_every_setting_is_read_and_written_back_through_one_table():
         "TORCH_HOME": "/t", "SPLIT_OVER_S": "100", "SPLIT_MAX_PARTS": "3", "RETENTION_S": "60", "JOB_STALL_S": "30",
         "MAX_SAMPLE_RATE": "48000", "MAX_STEMS_MB": "10", "MAX_UPLOADS": "2", "REDIS_MAXMEMORY": "64mb",
         "REDIS_PASSWORD": "pw", "HOST": "0.0.0.0", "RATE_LIMIT": "5/minute", "MAX_QUEUED_SONGS": "3", "HOSTNAME": "here",
-        "REDIS_HOST": "cache", "REDIS_PORT": "7000",
+        "REDIS_HOST": "cache", "REDIS_PORT": "7000", "REST": "rest:80", "MSAAS_API_KEY": "k",
     }  # fmt: skip
     s = Settings.from_env(everything)
     assert s.api_keys == ("k1", "k2") and s.max_upload_bytes == int(12.5 * 1024 * 1024) and s.log_level == "DEBUG"
@@ -96,4 +96,13 @@ def test_every_setting_is_read_and_written_back_through_one_table():
     defaults = Settings.from_env({"HOSTNAME": "here"})
     for f in fields(Settings):  # every setting was read: none kept its default
         assert getattr(s, f.name) != getattr(defaults, f.name) or f.name == "hostname", f.name
-    assert Settings.from_env({**s.to_env(), "HOSTNAME": "here"}) == s
+    children = Settings.from_env({**s.to_env(), "HOSTNAME": "here"})  # a child process: the servers' settings, not the CLI's
+    assert children == s.with_(rest=defaults.rest, api_key=None)
+
+
+def test_settings_say_which_the_environment_set_and_keep_the_clients_own_out_of_childrens():
+    settings = Settings.from_env({"STORAGE_DIR": "/data", "REST": "rest:80", "MSAAS_API_KEY": "k1", "PORT": ""})
+    assert settings.given == {"storage_dir", "rest", "api_key"} and settings.rest == "rest:80" and settings.api_key == "k1"
+    assert Settings.from_env({}).given == frozenset() and Settings.from_env({}).rest == "localhost:5000"
+    env = settings.to_env()
+    assert "REST" not in env and "MSAAS_API_KEY" not in env and env["STORAGE_DIR"] == "/data"

@@ -117,7 +117,9 @@ def test_workers_wait_out_a_redis_outage_instead_of_crashing(settings, processes
         h = client.submit(make_song(tmp_path / "s.mp3", seconds=1.5))["hash"]
         assert wait_until(lambda: client.status(h)["state"] == "done", 120, "the job")
         assert jobs.connect(settings.redis_url).scard(keys.WORKERS) == 1
-        assert "MP3 stems through LAME" in log.read_text() and "called directly (lameenc" in log.read_text()  # its start line
+        said = log.read_text()  # its start-up lines: which MP3 encoder, which path each private API takes (compat.py)
+        assert "MP3 stems through LAME" in said and "called directly (lameenc" in said
+        assert "the streaming resampler's reach from ResampleFrac._width" in said and "_parse_remote_files" in said
     finally:
         stop(server)
 

@@ -61,7 +61,7 @@ class StemEncoders:
     @property
     def cpu_s(self) -> float:
         """The CPU time encoding took (beside the model)."""
-        return sum(self.cpu) + sum(getattr(writer, "cpu_s", 0.0) for writer in self.writers)
+        return sum(self.cpu) + sum(writer.cpu_s for writer in self.writers)
 
     def _run(self, i: int) -> None:
         idle_priority()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .. import audio
+from .. import audio, compat
 
 
 class SongStream:
@@ -91,7 +91,7 @@ class StreamResampler:
         self.kernel = julius.ResampleFrac(old, new)
         g = math.gcd(old, new)
         self.step_in, self.step_out = old // g, new // g
-        reach = self.kernel._width + self.step_in  # input samples an output depends on, either side
+        reach = compat.resampler_reach(self.kernel) + self.step_in  # input samples an output depends on, either side
         self.margin = math.ceil(reach / self.step_in) * self.step_in
         self.length = length  # output samples wanted in all
         self.done = 0

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import models
+from .. import compat, models
 from .engine import WholeSong
 
 SAMPLE_RATE = 44100
@@ -83,9 +83,7 @@ class UNet(nn.Module):
 
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The U-Net weights from one checkpoint, without running arbitrary pickle code."""
-    from numpy._core.multiarray import _reconstruct
-
-    allowed = [(_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, type(np.dtype(np.float32))]
+    allowed = compat.numpy_array_globals()
     with torch.serialization.safe_globals(allowed):
         arrays = torch.load(path, map_location="cpu", weights_only=True)
     return {name: torch.from_numpy(np.asarray(value)) for name, value in arrays.items()}
