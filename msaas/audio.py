@@ -55,6 +55,13 @@ class OutputOptions:
 # MP4/M4A (FFmpeg's `mov`), no protocol but `file` (a playlist or a reference inside a file cannot make it fetch a URL or
 # open another file), and no MP4 external data references. Untrusted bytes meet as little of FFmpeg as they can.
 DEMUXERS = "mp3,wav,flac,ogg,mov"
+UPLOAD_TYPES = {  # demuxer -> (extension, content type) of an upload as stored
+    "mp3": ("mp3", "audio/mpeg"),
+    "wav": ("wav", "audio/wav"),
+    "flac": ("flac", "audio/flac"),
+    "ogg": ("ogg", "audio/ogg"),
+    "mov": ("m4a", "audio/mp4"),
+}
 OPEN_OPTIONS = {"format_whitelist": DEMUXERS, "protocol_whitelist": "file", "enable_drefs": "0"}
 MAX_CHANNELS = 8  # more is not a song; a header claiming hundreds would make every block that much larger
 
@@ -81,6 +88,12 @@ class AudioInfo:
     sample_rate: int
     channels: int
     codec: str
+    container: str = "mp3"  # FFmpeg's demuxer: mp3, wav, flac, ogg, or mov (MP4/M4A)
+
+    @property
+    def file_type(self) -> tuple[str, str]:
+        """The extension and content type the file is stored with (as what it is, whatever name it was sent under)."""
+        return UPLOAD_TYPES.get(self.container.split(",")[0], ("bin", "application/octet-stream"))
 
     @property
     def duration_s(self) -> float:
@@ -102,6 +115,7 @@ class Decoder:
         self.rate = self.stream.codec_context.sample_rate
         self.channels = self.stream.codec_context.channels
         self.codec = self.stream.codec_context.name
+        self.format = self.container.format.name
         if not self.rate or not self.channels:
             self.container.close()
             raise NotAudio("the audio stream has no sample rate or channels")
@@ -165,7 +179,7 @@ def probe(path: Path, max_duration_s: float | None = None) -> AudioInfo:
         if decoder.codec.startswith("mp3") and claimed_s and decoded_s < claimed_s - max(0.2, 0.01 * claimed_s):
             if _mp3_length_header(path):
                 raise Truncated(f"the MP3 is cut short: its header says {claimed_s:.1f} s, the file holds {decoded_s:.1f} s")
-        return AudioInfo(samples, decoder.rate, decoder.channels, decoder.codec)
+        return AudioInfo(samples, decoder.rate, decoder.channels, decoder.codec, decoder.format)
 
 
 def decode(path: Path, max_duration_s: float | None = None) -> tuple[np.ndarray, int]:

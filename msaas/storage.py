@@ -45,8 +45,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def upload_name(songhash: str) -> str:
-    return check_name(f"{songhash}.mp3")
+def upload_name(songhash: str, ext: str = "mp3") -> str:
+    """The uploaded song, under its own format's extension (`mp3` for messages from before uploads kept theirs)."""
+    return check_name(f"{songhash}.{ext}")
 
 
 def stem_name(songhash: str, track: str, ext: str = "mp3") -> str:

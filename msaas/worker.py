@@ -395,7 +395,7 @@ class Worker:
     def _download(self, job: Job, tmp: Path, progress) -> Path:
         progress("downloading", 0.0)
         source = tmp / "song"
-        self.store.get_file(storage.QUEUE_BUCKET, storage.upload_name(job.songhash), source)
+        self.store.get_file(storage.QUEUE_BUCKET, storage.upload_name(job.songhash, job.upload), source)
         return source
 
     def _separate(self, job: Job, tmp: Path, progress) -> Handled:
@@ -531,7 +531,7 @@ class Worker:
 
     def _song_ended(self, job: Job) -> None:
         """The song's job has ended (done or failed for good): its upload and a split song's parts are scratch now."""
-        names = [storage.upload_name(job.songhash)]
+        names = [storage.upload_name(job.songhash, job.upload)]
         if not job.whole:
             try:
                 plan = self.jobs.splits.plan(job.songhash)

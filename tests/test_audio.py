@@ -170,3 +170,12 @@ def test_output_options_read_a_jobs_options_with_their_defaults():
         "audio/flac",
     )
     assert audio.OutputOptions.of({"bitrate": "192"}).bitrate == 192
+
+
+@pytest.mark.parametrize(
+    "fmt,expected", [("mp3", ("mp3", "audio/mpeg")), ("wav", ("wav", "audio/wav")), ("flac", ("flac", "audio/flac"))]
+)
+def test_an_upload_is_typed_by_what_it_is_not_by_its_name(tmp_path, fmt, expected):
+    path = make_song(tmp_path / f"song.{fmt}", seconds=0.5, fmt=fmt)
+    misnamed = path.rename(tmp_path / "song.ogg")
+    assert audio.probe(misnamed).file_type == expected

@@ -38,8 +38,12 @@ def s3_stack(settings, redis_client, s3_endpoint, processes, tmp_path):
 def test_songs_uploaded_both_ways_come_back_as_full_length_stems(s3_stack, tmp_path):
     server, logs = s3_stack
     client = Client(server)
-    songs = [make_song(tmp_path / "a.mp3", seconds=3, seed=1), make_song(tmp_path / "b.mp3", seconds=4.5, seed=2)]
-    hashes = [client.submit(songs[0])["hash"], client.submit(songs[1], multipart=True)["hash"]]
+    songs = [
+        make_song(tmp_path / "a.mp3", seconds=3, seed=1),
+        make_song(tmp_path / "b.mp3", seconds=4.5, seed=2),
+        make_song(tmp_path / "c.flac", seconds=2, seed=3, fmt="flac"),  # stored as c's hash + .flac, found by the worker
+    ]
+    hashes = [client.submit(songs[0])["hash"], client.submit(songs[1], multipart=True)["hash"], client.submit(songs[2])["hash"]]
     assert client.submit(songs[0], multipart=True)["hash"] == hashes[0]  # same song, same job
     for song, h in zip(songs, hashes, strict=True):
         status = client.wait(h, timeout_s=180)

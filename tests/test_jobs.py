@@ -5,7 +5,7 @@ import json
 import pytest
 
 from msaas import keys
-from msaas.jobs import Job, JobQueue, ModelDirectory, WorkerRegistry, songhash
+from msaas.jobs import BadMessage, Job, JobQueue, ModelDirectory, WorkerRegistry, songhash
 
 
 def q(client, **kw) -> JobQueue:
@@ -321,3 +321,12 @@ def test_a_queue_written_by_the_previous_version_is_run_by_this_one(redis_client
     assert job.songhash == "old1" and job.options == {"format": "flac"}
     jobs.finish("w1", job, ["vocals"])
     assert jobs.status("old1")["state"] == "done" and redis_client.llen(keys.processing_key("w1")) == 0
+
+
+def test_an_uploads_format_travels_with_its_job_and_an_mp3s_message_stays_the_courses():
+    flac = Job.from_message(Job("h1", "m", upload="flac").to_message())
+    assert flac.upload == "flac" and flac.task(part=0).upload == "flac"  # its parts find the same file
+    assert "upload" not in json.loads(Job("h1", "m").to_message())
+    assert Job.from_message('{"songhash": "h2", "model": "m", "callback": null}').upload == "mp3"  # older messages
+    with pytest.raises(BadMessage):
+        Job.from_message('{"songhash": "h3", "model": "m", "upload": "../../etc"}')

@@ -188,12 +188,17 @@ def test_redis_down_is_503_and_nothing_is_stored(settings, song):
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
-def test_songs_that_are_not_mp3_are_accepted(live_app, tmp_path, fmt):
+def test_songs_that_are_not_mp3_are_accepted_and_stored_as_what_they_are(live_app, tmp_path, fmt):
     path = make_song(tmp_path / f"song.{fmt}", seconds=1.5, rate=48000, fmt=fmt)
-    with open(path, "rb") as f:
-        r = requests.post(f"{live_app.url}/apiv1/separate", files={"mp3": (path.name, f)}, timeout=30)
+    with open(path, "rb") as f:  # sent under an MP3's name: what it is decides, not what it is called
+        r = requests.post(f"{live_app.url}/apiv1/separate", files={"mp3": ("song.mp3", f)}, timeout=30)
     assert r.status_code == 200, r.text
-    assert live_app.backends.jobs.queued() == [r.json()["hash"]]
+    h = r.json()["hash"]
+    assert live_app.backends.jobs.queued() == [h]
+    store = live_app.backends.store
+    assert list(store.names(storage.QUEUE_BUCKET, h)) == [f"{h}.{fmt}"]
+    (raw,) = live_app.backends.redis.lrange(keys.QUEUE, 0, -1)
+    assert json.loads(raw)["upload"] == fmt
 
 
 def test_api_keys_when_configured_guard_every_api_route(settings, redis_client, song):

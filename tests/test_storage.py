@@ -78,3 +78,12 @@ def test_s3_buckets_get_a_lifecycle_rule_a_day_past_the_retention(s3_endpoint):
     for bucket in storage.BUCKETS:
         (rule,) = st.client.get_bucket_lifecycle(bucket).rules
         assert rule.expiration.days == 4 and rule.status == "Enabled"
+
+
+def test_s3_objects_keep_the_content_type_they_were_stored_with(s3_endpoint, tmp_path):
+    st = storage.S3Store(s3_endpoint, "testing", "testing")
+    st.ensure_buckets()
+    song = tmp_path / "song"
+    song.write_bytes(b"fLaC and more")
+    st.put_file(storage.QUEUE_BUCKET, "h.flac", song, "audio/flac")
+    assert st.client.stat_object(storage.QUEUE_BUCKET, "h.flac").content_type == "audio/flac"

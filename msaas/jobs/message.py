@@ -45,6 +45,7 @@ class Job:
     part: int | None = None
     stitch: bool = False
     tenant: str | None = None  # the API key's id when keys are on: whose song it is
+    upload: str = "mp3"  # the uploaded file's extension in the queue bucket (its format: mp3, wav, flac, ogg, m4a)
 
     @property
     def whole(self) -> bool:
@@ -65,6 +66,8 @@ class Job:
             body["stitch"] = True
         if self.tenant:
             body["tenant"] = self.tenant
+        if self.upload != "mp3":  # an MP3 upload's message stays the course's three fields
+            body["upload"] = self.upload
         return json.dumps(body, sort_keys=True)
 
     def task(self, **which) -> Job:
@@ -81,6 +84,7 @@ class Job:
             raise BadMessage("not a JSON object")
         songhash, model, callback = body.pop("songhash", None), body.pop("model", None), body.pop("callback", None)
         part, stitch, tenant = body.pop("part", None), body.pop("stitch", False), body.pop("tenant", None)
+        upload = body.pop("upload", "mp3")
         # Older workers' messages (before 2026-12) carried the output options at the top level: still read the same.
         options = body.pop("options") if "options" in body else body
         if not isinstance(options, dict):
@@ -95,10 +99,13 @@ class Job:
             raise BadMessage("a part that is not a number")
         if tenant is not None and not isinstance(tenant, str):
             raise BadMessage("a tenant that is not a string")
-        return cls(songhash, model, callback, options, raw, part, bool(stitch), tenant)
+        if not isinstance(upload, str) or not _EXT.match(upload):
+            raise BadMessage("an upload extension that is not one")
+        return cls(songhash, model, callback, options, raw, part, bool(stitch), tenant, upload)
 
 
 _SONGHASH = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
+_EXT = re.compile(r"^[a-z0-9]{1,5}$")
 
 
 def songhash(model: str, options: dict, data: bytes, tenant: str | None = None) -> str:

@@ -118,10 +118,11 @@ def _enqueue(b, upload: uploads.Upload):
         )
     info = _probe(b, upload.path, model, options)
     b.ensure_store()
-    name = storage.upload_name(songhash)
-    b.store.put_file(storage.QUEUE_BUCKET, name, upload.path, "audio/mpeg")
+    ext, content_type = info.file_type
+    name = storage.upload_name(songhash, ext)
+    b.store.put_file(storage.QUEUE_BUCKET, name, upload.path, content_type)
     try:
-        state = b.jobs.submit(Job(songhash, model, callback, options, tenant=g.tenant))
+        state = b.jobs.submit(Job(songhash, model, callback, options, tenant=g.tenant, upload=ext))
     except Exception:
         b.store.remove(storage.QUEUE_BUCKET, name)  # nothing half-done is left behind
         raise
