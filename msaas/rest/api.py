@@ -11,10 +11,11 @@ from pathlib import Path
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import audio, callbacks, storage
+from .. import audio, storage
 from ..jobs import Job, JobState, songhash_of_file
 from . import auth, uploads
 from .backends import backends
+from .choices import BadChoice, Choices, parse_choices
 from .errors import ApiError
 
 log = logging.getLogger("msaas.rest")
@@ -32,46 +33,11 @@ TRACK = re.compile(r"^([a-z][a-z_]{0,31})(?:\.(mp3|wav|flac))?$")
 FIELDS = {"mp3", "model", "two_stems", "format", "bitrate", "callback"}
 
 
-def _choices(fields: dict) -> tuple[str, dict, dict | None]:
-    """Validate model, two_stems, format, bitrate and callback; returns (model, options, callback)."""
-    b = backends()
-    model = fields.get("model") or b.settings.demucs_model
-    entry = b.directory.entry(model) if isinstance(model, str) else None
-    if entry is None:
-        raise ApiError(422, f"unknown model {model!r}; GET /apiv1/models lists the models")
-    if entry.published and not entry.available:  # the workers' word; a model none has spoken of may be downloaded
-        raise ApiError(
-            422,
-            f"the weights of model {model!r} are not available on the workers; "
-            "put them in DEMUCS_REPO with `msaas fetch-model` or choose another model",
-        )
-    tracks = entry.tracks
-    options: dict = {}
-    two_stems = fields.get("two_stems")
-    if two_stems not in (None, ""):
-        if not isinstance(two_stems, str) or (tracks and two_stems not in tracks):
-            raise ApiError(400, f"two_stems must be one of the model's tracks: {', '.join(tracks or [])}")
-        options["two_stems"] = two_stems
-    fmt = fields.get("format") or "mp3"
-    if fmt not in audio.FORMATS:
-        raise ApiError(400, f"format must be one of {', '.join(audio.FORMATS)}")
-    if fmt != "mp3":
-        options["format"] = fmt
-    bitrate = fields.get("bitrate")
-    if bitrate not in (None, ""):
-        try:
-            bitrate = int(bitrate)
-        except (TypeError, ValueError):
-            bitrate = -1
-        if bitrate not in audio.BITRATES or fmt != "mp3":
-            raise ApiError(400, f"bitrate is for mp3 output and must be one of {', '.join(map(str, audio.BITRATES))} kbps")
-        if bitrate != audio.DEFAULT_BITRATE:
-            options["bitrate"] = bitrate
+def _choices(b, fields: dict) -> Choices:
     try:
-        callback = callbacks.validate(fields.get("callback"))
-    except callbacks.BadCallback as exc:
-        raise ApiError(400, str(exc)) from None
-    return model, options, callback
+        return parse_choices(fields, b.settings.demucs_model, b.directory)
+    except BadChoice as exc:
+        raise ApiError(exc.status, str(exc)) from None
 
 
 @bp.post("/separate")
@@ -104,7 +70,8 @@ def _receive(b, path: Path) -> uploads.Upload:
 def _enqueue(b, upload: uploads.Upload):
     if not upload.size:
         raise ApiError(400, "the song is empty")
-    model, options, callback = _choices(upload.fields)
+    choices = _choices(b, upload.fields)
+    model, options, callback = choices.model, choices.options, choices.callback
     songhash = songhash_of_file(model, options, upload.path, g.tenant)
     existing = b.jobs.status(songhash)
     if existing and existing["state"] != JobState.FAILED:
@@ -116,7 +83,7 @@ def _enqueue(b, upload: uploads.Upload):
             "send more once some have started",
             {"Retry-After": "30"},
         )
-    info = _probe(b, upload.path, model, options)
+    info = _probe(b, upload.path, choices)
     b.ensure_store()
     ext, content_type = info.file_type
     name = storage.upload_name(songhash, ext)
@@ -133,7 +100,7 @@ def _enqueue(b, upload: uploads.Upload):
     return jsonify({"hash": songhash, "reason": "Song enqueued for separation"})
 
 
-def _probe(b, path: Path, model: str, options: dict) -> audio.AudioInfo:
+def _probe(b, path: Path, choices: Choices) -> audio.AudioInfo:
     """Decode the song once: refuse what is not audio, too long, at a rate too high, or whose stems would be too large."""
     settings = b.settings
     try:
@@ -148,6 +115,7 @@ def _probe(b, path: Path, model: str, options: dict) -> audio.AudioInfo:
         raise ApiError(
             422, f"the song is at {info.sample_rate} Hz; MSaaS takes songs at up to {settings.max_sample_rate} Hz: resample it"
         )
+    options = choices.options
     fmt = options.get("format", "mp3")
     if fmt == "mp3" and info.sample_rate not in audio.MP3_RATES:
         raise ApiError(
@@ -155,7 +123,7 @@ def _probe(b, path: Path, model: str, options: dict) -> audio.AudioInfo:
             f"the song is at {info.sample_rate} Hz and its stems would be too, but an MP3 is at 8 to 48 kHz "
             f"({', '.join(map(str, audio.MP3_RATES))} Hz): ask for format wav or flac",
         )
-    stems = _stems_bytes(info, fmt, int(options.get("bitrate", audio.DEFAULT_BITRATE)), _track_count(b, model, options))
+    stems = _stems_bytes(info, fmt, int(options.get("bitrate", audio.DEFAULT_BITRATE)), _track_count(choices))
     if stems > settings.max_stems_bytes:
         raise ApiError(
             413,
@@ -165,11 +133,8 @@ def _probe(b, path: Path, model: str, options: dict) -> audio.AudioInfo:
     return info
 
 
-def _track_count(b, model: str, options: dict) -> int:
-    if options.get("two_stems"):
-        return 2
-    entry = b.directory.entry(model)
-    return len((entry.tracks if entry else None) or ()) or 4
+def _track_count(choices: Choices) -> int:
+    return 2 if choices.options.get("two_stems") else len(choices.tracks or ()) or 4
 
 
 def _stems_bytes(info: audio.AudioInfo, fmt: str, bitrate_kbps: int, tracks: int) -> float:
