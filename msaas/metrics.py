@@ -18,7 +18,7 @@ class QueueCollector:
     def collect(self):
         counts = self.jobs.counts()
         queued = GaugeMetricFamily("msaas_queue_length", "Songs waiting in the toWorker list")
-        queued.add_metric([], counts["queued"])
+        queued.add_metric([], counts.queued)
         yield queued
         alive = GaugeMetricFamily("msaas_workers", "Workers with a live heartbeat")
         alive.add_metric([], self.registry.live_workers())
@@ -27,15 +27,14 @@ class QueueCollector:
         running.add_metric([], self.registry.running())
         yield running
         ended = GaugeMetricFamily("msaas_jobs_ended", "Jobs that ended, by state, since the counters began", labels=["state"])
-        for name, count in sorted(counts.items()):
-            if name.startswith("ended."):
-                ended.add_metric([name.removeprefix("ended.")], count)
+        for state, count in sorted(counts.ended.items()):
+            ended.add_metric([state], count)
         yield ended
         dead = GaugeMetricFamily("msaas_dead_letters", "Jobs in the dead-letter list")
-        dead.add_metric([], counts["dead"])
+        dead.add_metric([], counts.dead)
         yield dead
         callbacks = GaugeMetricFamily("msaas_callbacks_pending", "Callbacks in the outbox, due or waiting to be retried")
-        callbacks.add_metric([], counts["callbacks"])
+        callbacks.add_metric([], counts.callbacks)
         yield callbacks
 
 

@@ -81,7 +81,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.jobs = JobQueue(client, settings.job_max_attempts, settings.heartbeat_ttl_s, settings.retention_s)
-        self.registry = WorkerRegistry(self.jobs, settings.heartbeat_ttl_s)
+        self.registry = WorkerRegistry(self.jobs)
         self.directory = ModelDirectory(client, settings.demucs_repo, settings.torch_home, settings.heartbeat_ttl_s)
         self.name = name or f"{settings.hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.callbacks = CallbackSender(settings.callback_secret, settings.callback_allow_private, settings.callback_timeout_s)

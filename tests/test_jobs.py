@@ -13,7 +13,7 @@ def q(client, **kw) -> JobQueue:
 
 
 def workers(jobs: JobQueue) -> WorkerRegistry:
-    return WorkerRegistry(jobs, jobs.heartbeat_ttl_s)
+    return WorkerRegistry(jobs)
 
 
 def test_submit_pushes_a_small_json_message_and_a_record(redis_client):

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -59,6 +60,14 @@ def connect(url: str, password: str | None = None) -> redis.Redis:
     return redis.Redis.from_url(
         url, password=password, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
     )
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    queued: int
+    dead: int
+    callbacks: int
+    ended: dict[str, int]  # jobs ended, by state, since the counters began
 
 
 class JobQueue:
@@ -300,7 +309,7 @@ class JobQueue:
     def ping(self) -> None:
         self.r.ping()
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> QueueCounts:
         """The queue as a whole, for metrics: waiting, dead-lettered, callbacks pending, and the ended jobs by state."""
         pipe = self.r.pipeline()
         pipe.llen(keys.QUEUE)
@@ -308,4 +317,4 @@ class JobQueue:
         pipe.zcard(keys.OUTBOX)
         pipe.hgetall(keys.STATS)
         queued, dead, callbacks, ended = pipe.execute()
-        return {"queued": queued, "dead": dead, "callbacks": callbacks, **{f"ended.{s}": int(n) for s, n in ended.items()}}
+        return QueueCounts(queued, dead, callbacks, {state: int(n) for state, n in ended.items()})

@@ -13,13 +13,12 @@ log = logging.getLogger("msaas.jobs")
 
 
 class WorkerRegistry:
-    def __init__(self, queue: JobQueue, heartbeat_ttl_s: int = 30):
+    def __init__(self, queue: JobQueue):
         self.queue = queue
         self.r = queue.r
-        self.heartbeat_ttl_s = heartbeat_ttl_s
 
     def heartbeat(self, worker: str) -> None:
-        beat(self.r, worker, self.heartbeat_ttl_s)
+        beat(self.r, worker, self.queue.heartbeat_ttl_s)  # the TTL a claim renews too: one setting, held by the queue
 
     def retire(self, worker: str) -> int:
         """A worker leaving cleanly puts back whatever it still holds, attempts refunded."""
