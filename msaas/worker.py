@@ -494,8 +494,10 @@ class Worker:
 
         try:
             splitting.stitch(sep, plan, fetch, sink, lambda f: progress("stitching", f))
-        finally:
-            sink.close()
+        except BaseException:
+            sink.close(abandon=True)
+            raise
+        sink.close()
         self.metrics.audio.inc(plan["samples"] / plan["rate"])
         return Handled(self._upload(job, sink.paths, progress))
 

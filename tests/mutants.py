@@ -77,6 +77,14 @@ MUTANTS = [
         "",
     ),
     Mutant(
+        "stop-leaves-encoders-running",
+        T + "test_separation.py::test_a_separation_stopped_at_its_progress_leaves_no_encoder_running",
+        "a separation stopped at its progress (SIGTERM's grace over) leaves its encoder threads running as the worker exits",
+        "msaas/separation/files.py",
+        "        sink.close(abandon=True)\n        raise\n",
+        "        raise\n",
+    ),
+    Mutant(
         "ctrl-c-charges-an-attempt",
         T + "test_faults.py::test_ctrl_c_puts_a_running_job_back_at_once_with_its_attempt",
         "a worker leaving on Ctrl-C puts its job back with the attempt spent",

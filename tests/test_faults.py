@@ -95,7 +95,7 @@ def test_sigterm_past_the_grace_period_puts_the_job_back(settings, redis_client,
     processes.append(worker)
     wait_until(lambda: client.status(h).get("stage") == "separating", what="separation to start")
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(60) == 0
+    assert worker.wait(60) == 0, log.read_text()[-4000:]
     status = client.status(h)
     assert status["state"] == "queued" and status["attempts"] == 0 and client.queue() == [h]
     assert "put back in the queue (the worker is stopping)" in log.read_text()  # at its progress, not by an interrupt

@@ -1,5 +1,7 @@
 """Real Demucs code on a small model saved in demucs' format and loaded the way production loads it."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -67,6 +69,29 @@ def test_progress_is_reported_per_stage(tiny, tmp_path, song):
     stages = [s for s, _ in seen]
     assert stages[0] == "decoding" and "separating" in stages and stages[-1] == "encoding"
     assert max(f for s, f in seen if s == "separating") == pytest.approx(1.0)
+
+
+class Stop(BaseException):
+    """As the worker's GraceOver: raised from a progress report, not an Exception."""
+
+
+@pytest.mark.parametrize("stage", ["separating", "encoding"])
+def test_a_separation_stopped_at_its_progress_leaves_no_encoder_running(tiny, tmp_path, stage):
+    """A worker stopping mid-song exits right after: an encoder thread still writing then would be torn down inside
+    LAME or PyAV as the interpreter ends (the process aborts), and write into a deleted directory."""
+    song = make_song(tmp_path / "s.wav", seconds=12, fmt="wav")
+
+    stopped = []
+
+    def progress(at: str, fraction: float) -> None:  # as the worker's: once stopped, every report raises
+        if stopped or at == stage and (fraction > 0.2 or at == "encoding"):
+            stopped.append(at)
+            raise Stop
+
+    with pytest.raises(Stop):
+        separate_file(tiny, song, tmp_path / "out" if (tmp_path / "out").mkdir() is None else None, progress=progress)
+    assert stopped[0] == stage
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("encoder-", "mp3"))]
 
 
 def test_an_unknown_model_is_a_clear_error(tiny_repo):

@@ -51,6 +51,7 @@ class StemEncoders:
         ]
         self.queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in self.writers]
         self.error: BaseException | None = None
+        self.abandoned = False  # the separation stopped: what is still queued is dropped, not encoded
         self.cpu = [0.0] * len(self.writers)
         self.threads = [
             threading.Thread(target=self._run, args=(i,), name=f"encoder-{track}", daemon=True) for i, track in enumerate(paths)
@@ -67,7 +68,7 @@ class StemEncoders:
         idle_priority()
         started = time.thread_time()
         while (block := self.queues[i].get()) is not None:
-            if self.error is None:
+            if self.error is None and not self.abandoned:
                 try:
                     self.writers[i].write(block.numpy())
                 except BaseException as exc:  # handed to the separating thread at its next put or at close
@@ -81,7 +82,12 @@ class StemEncoders:
             for i, stems in enumerate(self.queues):
                 stems.put(block[i])
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """Drain the encoders and close every file, raising an encoder's error. `abandon`: the separation stopped (an
+        error, the worker stopping): what is still queued is dropped and no error is raised over the one on its way.
+        Either way no encoder thread is left running, so the process may exit (one torn down inside LAME or PyAV as the
+        interpreter ends aborts it) and the files' directory may go."""
+        self.abandoned = self.abandoned or abandon
         for stems in self.queues:
             stems.put(None)
         for thread in self.threads:
@@ -93,7 +99,7 @@ class StemEncoders:
                 self.error = self.error or exc
         if self.pool:
             self.pool.shutdown(cancel_futures=True)
-        if self.error is not None:
+        if self.error is not None and not abandon:
             raise self.error
 
 
@@ -130,5 +136,5 @@ class StemSink:
         if self.back:
             self.encoders.put(self.back.flush())
 
-    def close(self) -> None:
-        self.encoders.close()
+    def close(self, abandon: bool = False) -> None:
+        self.encoders.close(abandon)

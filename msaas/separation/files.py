@@ -58,10 +58,12 @@ def separate_file(
     try:
         reading.separate(sink.put, lambda f: progress("separating", f))
         sink.finish()
-    finally:
         separated = time.perf_counter()
-        progress("encoding", 0.5)
-        sink.close()
+        progress("encoding", 0.5)  # the worker's stops (SIGTERM's grace over) are raised from here too
+    except BaseException:
+        sink.close(abandon=True)
+        raise
+    sink.close()
     return SeparationReport(
         stems=sink.paths,
         samples=reading.samples,
