@@ -53,10 +53,10 @@ def main(seconds: float = 60.0, threads: int = 0) -> None:
     minutes = seconds / 60
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        pyav_wall, pyav_cpu = run(audio.StemWriter(out / "pyav.mp3", 44100, "mp3", 320), wave)
-        lame_wall, lame_cpu = run(lame.Mp3Writer(out / "lame.mp3", 44100, 320), wave)
+        pyav_wall, pyav_cpu = run(audio.AvStemFile(out / "pyav.mp3", 44100, "mp3", 320), wave)
+        lame_wall, lame_cpu = run(lame.LameStemFile(out / "lame.mp3", 44100, 320), wave)
         with ThreadPoolExecutor(threads) as pool:
-            par_wall, par_cpu = run(parallel_mp3.ParallelMp3Writer(out / "parallel.mp3", 44100, 320, pool, threads), wave)
+            par_wall, par_cpu = run(parallel_mp3.ParallelLameStemFile(out / "parallel.mp3", 44100, 320, pool, threads), wave)
         rows = [
             ("FFmpeg's libmp3lame (PyAV)", pyav_wall, pyav_cpu, error_db(wave, out / "pyav.mp3")),
             ("LAME direct (msaas.lame)", lame_wall, lame_cpu, error_db(wave, out / "lame.mp3")),

@@ -215,8 +215,8 @@ def frame(data: np.ndarray, sample_format: str, layout: str, rate: int, pts: int
 
 
 class StemFile(Protocol):
-    """What every writer of one stem file offers (PyAV's StemWriter, LAME's lame.Mp3Writer, parallel_mp3's
-    ParallelMp3Writer): `write` [channels, n] float32 blocks in [-1, 1] as they come, then `close`."""
+    """What every writer of one stem file offers (PyAV's AvStemFile, LAME's lame.LameStemFile, parallel_mp3's
+    ParallelLameStemFile): `write` [channels, n] float32 blocks in [-1, 1] as they come, then `close`."""
 
     cpu_s: float  # CPU spent encoding on threads other than the writing one (a pool's); 0 when all of it is the caller's
 
@@ -225,17 +225,17 @@ class StemFile(Protocol):
     def close(self) -> None: ...
 
 
-def stem_writer(
+def open_stem_file(
     path: Path, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE, channels: int = 2
 ) -> StemFile:
     """A writer for one stem (`write` [channels, n] float32 blocks, then `close`): MP3 through LAME itself
-    (`lame.Mp3Writer`, at 0.4x the CPU of FFmpeg's build of it), anything else, or MP3 without it, through PyAV."""
+    (`lame.LameStemFile`, at 0.4x the CPU of FFmpeg's build of it), anything else, or MP3 without it, through PyAV."""
     if fmt == "mp3" and lame.available():
-        return lame.Mp3Writer(path, sample_rate, bitrate_kbps, channels)
-    return StemWriter(path, sample_rate, fmt, bitrate_kbps, channels)
+        return lame.LameStemFile(path, sample_rate, bitrate_kbps, channels)
+    return AvStemFile(path, sample_rate, fmt, bitrate_kbps, channels)
 
 
-class StemWriter:
+class AvStemFile:
     """Encodes one stem incrementally through PyAV; call `write` with [channels, n] float32 blocks, then `close`."""
 
     cpu_s = 0.0  # all of it on the writing thread
@@ -269,7 +269,7 @@ class StemWriter:
 
 
 def encode(path: Path, audio: np.ndarray, sample_rate: int, fmt: str = "mp3", bitrate_kbps: int = DEFAULT_BITRATE) -> None:
-    writer = stem_writer(path, sample_rate, fmt, bitrate_kbps, channels=audio.shape[0])
+    writer = open_stem_file(path, sample_rate, fmt, bitrate_kbps, channels=audio.shape[0])
     try:
         step = sample_rate * 10
         for start in range(0, audio.shape[1], step):

@@ -5,7 +5,7 @@ about 2.5 times the CPU of the one inside `lameenc` (a dependency of demucs) on 
 for the last bits of a rare transient: lameenc's is a later revision). Encoding is most of what a job does beside the
 model, so the worker calls the faster build itself: `lameenc` exports LAME's whole C API, while its Python API has no float
 input, no reservoir switch and no gapless header. A system `libmp3lame` serves too; with neither, `available()` is false
-and `audio.stem_writer` encodes through PyAV as before.
+and `audio.open_stem_file` encodes through PyAV as before.
 
 Files are laid out as the `lame` command line lays them out: an Info/LAME tag frame first (frame count, byte count, seek
 table, encoder delay, end padding, CRCs), written here, then LAME's frames; decoders that read the tag (FFmpeg, browsers,
@@ -258,7 +258,7 @@ class Mp3File:
         return tag + bytes(self.tag_length - len(tag))
 
 
-class Mp3Writer:
+class LameStemFile:
     """One stem encoded as it comes (an `audio.StemFile`): `write` [channels, n] float32 blocks, then `close`."""
 
     cpu_s = 0.0  # all of it on the writing thread

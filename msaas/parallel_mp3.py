@@ -36,8 +36,8 @@ def _encode(spec: tuple[int, int, int], data: np.ndarray, keep: slice) -> tuple[
     return b"".join(frames), len(frames), time.thread_time() - started
 
 
-class ParallelMp3Writer:
-    """`audio.StemWriter`'s interface (`write` [channels, n] float32 blocks, then `close`) with segments encoded on `pool`,
+class ParallelLameStemFile:
+    """An `audio.StemFile` (`write` [channels, n] float32 blocks, then `close`) with segments encoded on `pool`,
     at most `parallel` of this stem's at a time (each holds its 15 s of audio until encoded)."""
 
     def __init__(self, path: Path, sample_rate: int, bitrate_kbps: int, pool: Executor, parallel: int, channels: int = 2):

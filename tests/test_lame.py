@@ -19,8 +19,8 @@ def test_lame_is_found_where_demucs_is_installed():
 @pytest.mark.parametrize("rate,channels,bitrate", [(44100, 2, 320), (22050, 1, 128), (48000, 2, 192), (32000, 1, 96)])
 def test_stems_hold_the_audio_ffmpegs_lame_gives_to_the_exact_sample(tmp_path, rate, channels, bitrate):
     wave = music(3.0 + 457 / rate, rate, channels)
-    write_blocks(lame.Mp3Writer(tmp_path / "direct.mp3", rate, bitrate, channels), wave)
-    write_blocks(audio.StemWriter(tmp_path / "pyav.mp3", rate, "mp3", bitrate, channels), wave)
+    write_blocks(lame.LameStemFile(tmp_path / "direct.mp3", rate, bitrate, channels), wave)
+    write_blocks(audio.AvStemFile(tmp_path / "pyav.mp3", rate, "mp3", bitrate, channels), wave)
     direct, decoded_rate = audio.decode(tmp_path / "direct.mp3")
     pyav, _ = audio.decode(tmp_path / "pyav.mp3")
     assert decoded_rate == rate and direct.shape[1] == wave.shape[1]  # the tag trims LAME's delay and padding exactly
@@ -34,7 +34,7 @@ def test_stems_hold_the_audio_ffmpegs_lame_gives_to_the_exact_sample(tmp_path, r
 @pytest.mark.parametrize("samples", [1, 10, 575, 576, 1151, 1152, 1153, 3000])
 def test_short_stems_are_exact_too(tmp_path, samples):
     wave = music(1.0, 44100)[:, :samples]
-    write_blocks(lame.Mp3Writer(tmp_path / "s.mp3", 44100, 320), wave)
+    write_blocks(lame.LameStemFile(tmp_path / "s.mp3", 44100, 320), wave)
     decoded, _ = audio.decode(tmp_path / "s.mp3")
     assert decoded.shape == wave.shape
 
@@ -42,7 +42,7 @@ def test_short_stems_are_exact_too(tmp_path, samples):
 @pytest.mark.parametrize("rate,channels", [(44100, 2), (22050, 1)])
 def test_the_tag_is_one_that_ffmpeg_trusts_and_checks_lengths_by(tmp_path, rate, channels):
     wave = music(2.0, rate, channels)
-    write_blocks(lame.Mp3Writer(tmp_path / "s.mp3", rate, 128, channels), wave)
+    write_blocks(lame.LameStemFile(tmp_path / "s.mp3", rate, 128, channels), wave)
     with av.open(str(tmp_path / "s.mp3")) as container:
         assert container.streams.audio[0].metadata["encoder"].startswith("LAME")  # set only when the tag's CRC is right
     assert audio.probe(tmp_path / "s.mp3").samples == wave.shape[1]
@@ -58,7 +58,7 @@ def test_the_tag_is_one_that_ffmpeg_trusts_and_checks_lengths_by(tmp_path, rate,
 @pytest.mark.parametrize("rate,bitrate", [(8000, 8), (44100, 32)])
 def test_bitrates_whose_frames_cannot_hold_the_tag_get_a_larger_first_frame(tmp_path, rate, bitrate):
     wave = music(2.0, rate, 1)
-    write_blocks(lame.Mp3Writer(tmp_path / "low.mp3", rate, bitrate, 1), wave)
+    write_blocks(lame.LameStemFile(tmp_path / "low.mp3", rate, bitrate, 1), wave)
     assert audio.decode(tmp_path / "low.mp3")[0].shape[1] == wave.shape[1]
 
 
@@ -80,7 +80,7 @@ def test_settings_lame_cannot_encode_are_refused_clearly():
 
 def test_without_lame_the_stems_go_through_pyav(tmp_path, monkeypatch):
     monkeypatch.setattr(lame, "available", lambda: False)
-    assert isinstance(audio.stem_writer(tmp_path / "a.mp3", 44100), audio.StemWriter)
+    assert isinstance(audio.open_stem_file(tmp_path / "a.mp3", 44100), audio.AvStemFile)
     encoders = StemEncoders({t: tmp_path / f"{t}.mp3" for t in ("a", "b")}, 44100, "mp3", 320, threads=8)
     assert encoders.pool is None  # segments in parallel need LAME itself
     encoders.put(torch.from_numpy(music(1.0, 44100))[None].expand(2, -1, -1))
@@ -95,7 +95,7 @@ import numpy as np
 from msaas import audio, lame
 t = np.arange(2 * 44100) / 44100
 wave = np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32)
-writer = audio.stem_writer(Path(sys.argv[1]), 44100)
+writer = audio.open_stem_file(Path(sys.argv[1]), 44100)
 writer.write(wave)
 writer.close()
 lib = lame.library()
@@ -133,7 +133,7 @@ def encode_where_lameenc_is_not_lame(tmp_path, hide_system_lame: bool) -> dict:
 def test_a_lame_without_update_music_crc_still_writes_exact_stems(tmp_path):
     """Debian's libmp3lame (.ci/run installs libmp3lame0) exports LAME's API but not UpdateMusicCRC."""
     used = encode_where_lameenc_is_not_lame(tmp_path, hide_system_lame=False)
-    assert used["writer"] == "Mp3Writer" and "mp3lame" in used["library"] and used["music_crc"] is False
+    assert used["writer"] == "LameStemFile" and "mp3lame" in used["library"] and used["music_crc"] is False
     assert "called directly (libmp3lame" in used["said"] and "does not export UpdateMusicCRC" in used["said"]
     decoded, rate = audio.decode(tmp_path / "stem.mp3")
     assert decoded.shape == (2, 2 * 44100) and rate == 44100
@@ -142,7 +142,7 @@ def test_a_lame_without_update_music_crc_still_writes_exact_stems(tmp_path):
 def test_with_no_lame_to_load_the_stems_go_through_pyav(tmp_path):
     used = encode_where_lameenc_is_not_lame(tmp_path, hide_system_lame=True)
     said = used.pop("said")
-    assert used == {"library": None, "music_crc": False, "writer": "StemWriter"}
+    assert used == {"library": None, "music_crc": False, "writer": "AvStemFile"}
     assert said.startswith("MP3 stems through FFmpeg's libmp3lame in PyAV") and "2.5x the CPU" in said
     decoded, _ = audio.decode(tmp_path / "stem.mp3")
     assert decoded.shape == (2, 2 * 44100)

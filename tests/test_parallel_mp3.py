@@ -11,9 +11,9 @@ from msaas import audio, parallel_mp3
 from msaas.separation import StemEncoders, cpu_budget, encoding_threads, load_separator, separate_file, torch_threads
 
 
-def parallel(path, wave: np.ndarray, rate: int, threads: int) -> parallel_mp3.ParallelMp3Writer:
+def parallel(path, wave: np.ndarray, rate: int, threads: int) -> parallel_mp3.ParallelLameStemFile:
     with ThreadPoolExecutor(threads) as pool:
-        writer = parallel_mp3.ParallelMp3Writer(path, rate, 320, pool, threads, wave.shape[0])
+        writer = parallel_mp3.ParallelLameStemFile(path, rate, 320, pool, threads, wave.shape[0])
         write_blocks(writer, wave)
     return writer
 
@@ -21,7 +21,7 @@ def parallel(path, wave: np.ndarray, rate: int, threads: int) -> parallel_mp3.Pa
 @pytest.mark.parametrize("rate,channels", [(44100, 2), (22050, 2), (48000, 1)])
 def test_segments_join_into_one_gapless_stem_as_good_as_one_encoder(tmp_path, monkeypatch, rate, channels):
     wave = music(20.0 + 123 / rate, rate, channels)
-    write_blocks(audio.stem_writer(tmp_path / "lame.mp3", rate, "mp3", 320, channels), wave)
+    write_blocks(audio.open_stem_file(tmp_path / "lame.mp3", rate, "mp3", 320, channels), wave)
     parallel(tmp_path / "continuous.mp3", wave, rate, 1)  # one segment: LAME without its bit reservoir
     monkeypatch.setattr(parallel_mp3, "SEGMENT_FRAMES", 50)  # a cut every 1.2-2.6 s: a dozen cuts in 20 s
     writer = parallel(tmp_path / "many.mp3", wave, rate, 4)
@@ -56,7 +56,7 @@ def test_encoders_use_segments_only_with_two_threads_per_track(tmp_path):
         encoders.put(torch.from_numpy(music(1.0, 44100))[None].expand(2, -1, -1))
         encoders.close()
     assert serial.pool is None and flac.pool is None
-    assert isinstance(parallel.writers[0], parallel_mp3.ParallelMp3Writer) and parallel.cpu_s > 0
+    assert isinstance(parallel.writers[0], parallel_mp3.ParallelLameStemFile) and parallel.cpu_s > 0
 
 
 def test_gpu_workers_encode_on_every_cpu_and_give_torch_one(tiny_repo):

@@ -44,9 +44,9 @@ class StemEncoders:
             else None
         )
         self.writers = [
-            parallel_mp3.ParallelMp3Writer(path, rate, bitrate, self.pool, per_track)
+            parallel_mp3.ParallelLameStemFile(path, rate, bitrate, self.pool, per_track)
             if self.pool
-            else audio.stem_writer(path, rate, fmt, bitrate)
+            else audio.open_stem_file(path, rate, fmt, bitrate)
             for path in paths.values()
         ]
         self.queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in self.writers]
