@@ -417,14 +417,11 @@ class Worker:
                 self._record(self.jobs.splits.split, self.name, job, plan)
                 log.info("job %s: %.0f s of song, split into %d parts for the workers", job.songhash, seconds, parts)
                 return Handled(handed_on=f"split into {parts} parts")
-        output = audio.OutputOptions.of(job.options)
         report = separate_file(
             sep,
             source,
             tmp,
-            fmt=output.format,
-            bitrate=output.bitrate,
-            two_stems=output.two_stems,
+            audio.OutputOptions.of(job.options),
             max_duration_s=self.settings.max_duration_s,
             progress=progress,
             encoder_threads=self.settings.encoder_threads,
@@ -483,8 +480,7 @@ class Worker:
             raise audio.SongRejected(f"no plan to stitch song {job.songhash} with model {job.model}")
         # Encoding alone, no model running beside it: every CPU this worker may use.
         threads = self.settings.encoder_threads or cpu_budget()
-        output = audio.OutputOptions.of(job.options)
-        sink = StemSink(sep, tmp, plan["samples"], plan["rate"], output.format, output.bitrate, output.two_stems, threads)
+        sink = StemSink(sep, tmp, plan["samples"], plan["rate"], audio.OutputOptions.of(job.options), threads)
         part = tmp / "part"
 
         def fetch(k: int) -> Path:

@@ -76,7 +76,7 @@ def test_a_separation_with_parallel_encoders_matches_the_serial_one(tiny_repo, t
     runs = {}
     for name, fmt, threads in (("wav", "wav", 0), ("serial", "mp3", 0), ("parallel", "mp3", 8)):
         (tmp_path / name).mkdir()
-        stems = separate_file(tiny, song, tmp_path / name, fmt=fmt, encoder_threads=threads).stems
+        stems = separate_file(tiny, song, tmp_path / name, audio.OutputOptions(fmt), encoder_threads=threads).stems
         runs[name] = {track: audio.decode(path)[0] for track, path in stems.items()}
     for track, reference in runs["wav"].items():
         serial, parallel = runs["serial"][track], runs["parallel"][track]

@@ -24,7 +24,7 @@ def test_model_from_a_local_directory_loads_through_get_model(tiny, tiny_repo):
 
 def test_every_stem_has_the_inputs_length_and_rate(tiny, tmp_path):
     song = make_song(tmp_path / "s.wav", seconds=3.3, rate=48000, fmt="wav")
-    stems = separate_file(tiny, song, tmp_path, fmt="mp3").stems
+    stems = separate_file(tiny, song, tmp_path, audio.OutputOptions("mp3")).stems
     assert list(stems) == tiny.tracks
     for path in stems.values():
         info = audio.probe(path)
@@ -32,8 +32,8 @@ def test_every_stem_has_the_inputs_length_and_rate(tiny, tmp_path):
 
 
 def test_separation_is_deterministic(tiny, tmp_path, song):
-    a = separate_file(tiny, song, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, fmt="flac").stems
-    b = separate_file(tiny, song, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None, fmt="flac").stems
+    a = separate_file(tiny, song, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, audio.OutputOptions("flac")).stems
+    b = separate_file(tiny, song, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None, audio.OutputOptions("flac")).stems
     for track in a:
         assert np.array_equal(audio.decode(a[track])[0], audio.decode(b[track])[0])
 
@@ -43,7 +43,7 @@ def test_stems_sum_back_to_the_song(tmp_path, song):
     split in two: their sum is the song, to the 16-bit rounding of the stems. (The tiny Demucs's random weights make no
     such promise; its stems are checked against demucs' own apply_model in test_split.py and below.)"""
     sep = load_separator(models.SPLEETER, None, "cpu")
-    stems = separate_file(sep, song, tmp_path, fmt="flac").stems
+    stems = separate_file(sep, song, tmp_path, audio.OutputOptions("flac")).stems
     assert list(stems) == ["vocals", "accompaniment"]
     parts = [audio.decode(p)[0] for p in stems.values()]
     mix, _ = audio.decode(song)
@@ -56,9 +56,11 @@ def test_stems_sum_back_to_the_song(tmp_path, song):
 
 
 def test_two_stems_gives_the_track_and_the_rest(tiny, tmp_path, song):
-    stems = separate_file(tiny, song, tmp_path, fmt="wav", two_stems="vocals").stems
+    stems = separate_file(tiny, song, tmp_path, audio.OutputOptions("wav", two_stems="vocals")).stems
     assert list(stems) == ["vocals", "no_vocals"]
-    four = separate_file(tiny, song, tmp_path / "four" if (tmp_path / "four").mkdir() is None else None, fmt="wav").stems
+    four = separate_file(
+        tiny, song, tmp_path / "four" if (tmp_path / "four").mkdir() is None else None, audio.OutputOptions("wav")
+    ).stems
     rest = sum(audio.decode(four[t])[0] for t in ("drums", "bass", "other"))
     assert np.abs(audio.decode(stems["no_vocals"])[0] - np.clip(rest, -1, 1)).max() < 2e-4
 
@@ -130,7 +132,7 @@ def test_the_audio_path_keeps_length_and_alignment_to_the_sample(tmp_path, rate)
     song = tmp_path / "song.mp3"
     audio.encode(song, x, rate, "mp3")
     decoded, _ = audio.decode(song)
-    stems = separate_file(Identity(), song, tmp_path, fmt="mp3").stems
+    stems = separate_file(Identity(), song, tmp_path, audio.OutputOptions("mp3")).stems
     stem, stem_rate = audio.decode(stems["all"])
     assert stem_rate == rate and stem.shape == decoded.shape
     window = slice(rate - 500, rate + 500)

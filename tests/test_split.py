@@ -62,11 +62,11 @@ def test_stitched_stems_are_the_unsplit_files(tiny, tmp_path):
     song = make_song(tmp_path / "song.wav", seconds=20.3, rate=48000, seed=5, fmt="wav")  # through both resamplers
     (tmp_path / "whole").mkdir()
     (tmp_path / "split").mkdir()
-    whole = separate_file(tiny, song, tmp_path / "whole", fmt="flac").stems
+    whole = separate_file(tiny, song, tmp_path / "whole", audio.OutputOptions("flac")).stems
     plan = make_plan(tiny, SongStream(song, tiny.samplerate), 2)
     for k in range(2):
         separate_part(tiny, song, plan, k, tmp_path / f"p{k}", lambda f: None)
-    sink = StemSink(tiny, tmp_path / "split", plan["samples"], plan["rate"], "flac", 320, None)
+    sink = StemSink(tiny, tmp_path / "split", plan["samples"], plan["rate"], audio.OutputOptions("flac"))
     try:
         stitch(tiny, plan, lambda k: tmp_path / f"p{k}", sink)
     finally:
@@ -127,7 +127,10 @@ def stored_by(redis_client, songhash) -> dict[int, str]:
 
 def unsplit_stems(tiny, song, tmp_path) -> dict[str, np.ndarray]:
     (tmp_path / "unsplit").mkdir()
-    return {t: audio.decode(p)[0] for t, p in separate_file(tiny, song, tmp_path / "unsplit", fmt="wav").stems.items()}
+    return {
+        t: audio.decode(p)[0]
+        for t, p in separate_file(tiny, song, tmp_path / "unsplit", audio.OutputOptions("wav")).stems.items()
+    }
 
 
 @pytest.mark.slow

@@ -112,19 +112,17 @@ class StemSink:
         out_dir: Path,
         length: int,
         rate: int,
-        fmt: str,
-        bitrate: int,
-        two_stems: str | None,
+        output: audio.OutputOptions,
         threads: int = 0,
     ):
         """`threads`: the ENCODER_THREADS setting (0: `encoding_threads` picks)."""
-        tracks = list(separator.tracks)
-        self.pick = tracks.index(two_stems) if two_stems else None
-        if two_stems:
-            tracks = [two_stems, f"no_{two_stems}"]
-        ext = audio.FORMATS[fmt].ext
-        self.paths = {track: out_dir / f"{track}.{ext}" for track in tracks}
-        self.encoders = StemEncoders(self.paths, rate, fmt, bitrate, threads=encoding_threads(separator, threads))
+        tracks, pair = list(separator.tracks), output.two_stems
+        self.pick = tracks.index(pair) if pair else None
+        if pair:
+            tracks = [pair, f"no_{pair}"]
+        self.paths = {track: out_dir / f"{track}.{output.file_format.ext}" for track in tracks}
+        threads = encoding_threads(separator, threads)
+        self.encoders = StemEncoders(self.paths, rate, output.format, output.bitrate, threads=threads)
         self.back = StreamResampler(separator.samplerate, rate, length) if rate != separator.samplerate else None
 
     def put(self, block: torch.Tensor) -> None:

@@ -35,10 +35,8 @@ def separate_file(
     separator: Separator,
     source: Path,
     out_dir: Path,
+    output: audio.OutputOptions = audio.OutputOptions(),
     *,
-    fmt: str = "mp3",
-    bitrate: int = audio.DEFAULT_BITRATE,
-    two_stems: str | None = None,
     max_duration_s: float | None = None,
     progress: Progress = lambda stage, fraction: None,
     encoder_threads: int = 0,
@@ -53,7 +51,7 @@ def separate_file(
     started = time.perf_counter()
     reading = separator.read(source, max_duration_s, song)
     read = time.perf_counter()
-    sink = StemSink(separator, out_dir, reading.samples, reading.rate, fmt, bitrate, two_stems, encoder_threads)
+    sink = StemSink(separator, out_dir, reading.samples, reading.rate, output, encoder_threads)
     forward_s = separator.forward_s
     try:
         reading.separate(sink.put, lambda f: progress("separating", f))
