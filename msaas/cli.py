@@ -152,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     rest.set_defaults(run=cmd_rest)
     sub.add_parser("worker", help="a separation worker").set_defaults(run=cmd_worker)
     sub.add_parser("logs", help="print the logging list").set_defaults(run=cmd_logs)
-    fetch = sub.add_parser("fetch-model", help="download a Demucs model into a directory for DEMUCS_REPO")
+    fetch = sub.add_parser("fetch-model", help="download a model (Demucs or RoFormer) into a directory for DEMUCS_REPO")
     fetch.add_argument("name")
     fetch.add_argument("dir")
     fetch.set_defaults(run=cmd_fetch_model)

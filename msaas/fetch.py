@@ -1,4 +1,5 @@
-"""`msaas fetch-model`: put a Demucs model's weights in a local directory that `DEMUCS_REPO` can point at."""
+"""`msaas fetch-model`: put a model's weights (Demucs, or a RoFormer's checkpoint and config) in a local directory that
+`DEMUCS_REPO` can point at."""
 
 from __future__ import annotations
 
@@ -52,11 +53,33 @@ def _from_hf_hub(name: str, dest: Path) -> None:
     shutil.copyfile(bag_file, dest / f"{name}.yaml")
 
 
-def fetch_model(name: str, dest: Path, root_url: str | None = None, remote: Path | None = None) -> None:
-    """Download `name` into `dest` in demucs' own repo format, then load it from there to prove it works."""
+def _roformer(name: str, dest: Path, sources: dict[str, str]) -> None:
+    """A RoFormer's config and checkpoint as `<name>.yaml` and `<name>.ckpt` (torch.hub's download: a file appears
+    only once whole), then loaded from there to prove they belong together."""
+    from torch.hub import download_url_to_file
+
+    from .separation import load_separator
+
+    for key, suffix in (("config", ".yaml"), ("checkpoint", ".ckpt")):
+        target = dest / f"{name}{suffix}"
+        if not target.exists():
+            log.info("downloading %s", sources[key])
+            download_url_to_file(sources[key], str(target), progress=True)
+    load_separator(name, dest, "cpu")
+
+
+def fetch_model(
+    name: str, dest: Path, root_url: str | None = None, remote: Path | None = None, sources: dict[str, str] | None = None
+) -> None:
+    """Download `name` into `dest` in the format its engine loads from a model directory, then load it from there to
+    prove it works. `sources`: a RoFormer's {"checkpoint": url, "config": url} instead of the model table's."""
     from demucs.pretrained import get_model
 
     dest.mkdir(parents=True, exist_ok=True)
+    if sources or name in models.ROFORMERS:
+        _roformer(name, dest, sources or models.ROFORMERS[name])
+        log.info("model %s is ready in %s: set DEMUCS_REPO=%s", name, dest, dest)
+        return
     try:
         _from_legacy_repo(name, dest, root_url, remote)
     except Exception as exc:  # the legacy host may be gone; the Hugging Face hub is the other source

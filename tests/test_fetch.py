@@ -18,6 +18,7 @@ from demucs.states import load_model
 from safetensors.torch import save_file
 
 from conftest import ROOT, TINY, build_tiny_model, free_port
+from msaas import models
 from msaas.fetch import fetch_model
 
 
@@ -77,6 +78,7 @@ def test_a_download_that_does_not_match_its_checksum_is_refused_and_not_kept(mod
 FETCH_IN_A_FRESH_PROCESS = """
 import sys
 from pathlib import Path
+from msaas import models
 from msaas.fetch import fetch_model
 fetch_model("htdemucs", Path(sys.argv[1]), root_url=sys.argv[2])
 """
@@ -137,3 +139,27 @@ def test_fetch_model_falls_back_to_the_hugging_face_hub_and_converts_to_demucs_f
     assert loaded.sources == ["drums", "bass", "other", "vocals"]
     first = next(iter(loaded.models))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_fetch_model_puts_a_roformers_checkpoint_and_config_where_demucs_repo_finds_them(tiny_repo, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(tiny_repo / "tiny-bs-roformer.ckpt", served / "model_bs_roformer_ep_1.ckpt")
+    shutil.copy(tiny_repo / "tiny-bs-roformer.yaml", served / "config_bs_roformer.yaml")
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        dest = tmp_path / "models"
+        sources = {"checkpoint": f"{base}/model_bs_roformer_ep_1.ckpt", "config": f"{base}/config_bs_roformer.yaml"}
+        fetch_model("bs-roformer-vocals", dest, sources=sources)
+        assert sorted(p.name for p in dest.iterdir()) == ["bs-roformer-vocals.ckpt", "bs-roformer-vocals.yaml"]
+        assert models.available("bs-roformer-vocals", dest)
+        assert models.details("bs-roformer-vocals", dest)["size_bytes"] > 10_000
+        (dest / "bs-roformer-vocals.ckpt").unlink()
+        sources["checkpoint"] = f"{base}/gone.ckpt"
+        with pytest.raises(Exception, match="404"):
+            fetch_model("bs-roformer-vocals", dest, sources=sources)
+        assert not models.available("bs-roformer-vocals", dest)  # nothing half-downloaded left to load
+    finally:
+        server.shutdown()

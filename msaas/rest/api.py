@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import audio, storage
+from .. import audio, models, storage
 from ..jobs import Job, JobState, songhash_of_file
 from . import auth, uploads
 from .backends import backends
@@ -262,7 +262,13 @@ def openapi():
 def list_models():
     b = backends()
     listed = [
-        {"name": e.name, "tracks": e.tracks, "available": e.available, "default": e.name == b.settings.demucs_model}
+        {
+            "name": e.name,
+            "tracks": e.tracks,
+            "available": e.available,
+            "default": e.name == b.settings.demucs_model,
+            **models.details(e.name, b.settings.demucs_repo),
+        }
         for e in b.directory.entries().values()
     ]
     return jsonify({"default": b.settings.demucs_model, "models": listed})

@@ -3,6 +3,8 @@
 engine.py    what every engine offers its callers (Separator), load_separator, ModelUnavailable
 demucs.py    the Demucs engine: apply_model's chunks and crossfade, computed chunk by chunk and emitted as they finish
 spleeter.py  the Spleeter engine: its 2-stem U-Nets on an STFT (the bundled real model)
+roformer.py  the RoFormer engine: published band-split / mel-band checkpoints, streamed chunk by chunk
+roformer_nets.py  the RoFormer networks, laid out key for key as the published checkpoints
 song.py      a song file at the model's rate, read block by block (SongStream, StreamResampler)
 encoders.py  the stems' encoders, fed as blocks come (StemEncoders, StemSink)
 devices.py   CPUs, devices and threads (cpu_budget, torch_threads, idle_priority)

@@ -88,6 +88,10 @@ def load_separator(name: str, repo: Path | None = None, device: str = "auto") ->
         from .spleeter import SpleeterSeparator
 
         return SpleeterSeparator(pick_device(device))
+    if info["engine"] == "roformer":
+        from .roformer import RoformerSeparator
+
+        return RoformerSeparator(name, repo, pick_device(device))
     from .demucs import DemucsSeparator
 
     return DemucsSeparator(name, repo, pick_device(device))
