@@ -1,4 +1,4 @@
-"""The `msaas` command: a thin shell over the library (up | rest | worker | logs | fetch-model | separate | status | queue)."""
+"""The `msaas` command: a thin shell over the library (up | rest | worker | logs | fetch-model | separate | status | queue | models)."""
 
 from __future__ import annotations
 
@@ -137,6 +137,10 @@ def cmd_queue(settings: Settings, args) -> int:
     return _show(lambda: _client(settings, args).queue())
 
 
+def cmd_models(settings: Settings, args) -> int:
+    return _show(lambda: _client(settings, args).models())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msaas", description="Music separation as a service.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,19 +162,19 @@ def parser() -> argparse.ArgumentParser:
     fetch.set_defaults(run=cmd_fetch_model)
     sep = sub.add_parser("separate", help="send songs to a server; with --wait, download their stems")
     sep.add_argument("files", nargs="+")
-    sep.add_argument("--model")
+    sep.add_argument("--model", help="a model of `msaas models`; `a+b`: an ensemble, their stems averaged")
     sep.add_argument("--two-stems", dest="two_stems")
     sep.add_argument("--format", choices=["mp3", "wav", "flac"])
     sep.add_argument("--bitrate", type=int)
     sep.add_argument("--wait", action="store_true", help="wait for the stems and download them")
     sep.add_argument("--out", default="separated")
     sep.set_defaults(run=cmd_separate)
-    for name, fn, extra in (("status", cmd_status, "hash"), ("queue", cmd_queue, None)):
+    for name, fn, extra in (("status", cmd_status, "hash"), ("queue", cmd_queue, None), ("models", cmd_models, None)):
         cmd = sub.add_parser(name)
         if extra:
             cmd.add_argument(extra)
         cmd.set_defaults(run=fn)
-    for cmd in (sep, *[sub.choices[n] for n in ("status", "queue")]):
+    for cmd in (sep, *[sub.choices[n] for n in ("status", "queue", "models")]):
         cmd.add_argument("--server", help="host:port or URL of the REST server (default $REST or localhost:5000)")
         cmd.add_argument("--key", help="the API key, when the server wants one (default $MSAAS_API_KEY)")
     return p

@@ -52,6 +52,37 @@ ROFORMERS: dict[str, dict] = {
     },
 }
 CATALOG.update({name: {"engine": "roformer", "tracks": info["tracks"]} for name, info in ROFORMERS.items()})
+CATALOG["vocals-ensemble"] = {"engine": "ensemble", "tracks": ["vocals", "instrumental"]}
+
+
+# Ensembles: `model` a list of models (or one of these presets), their stems averaged track by track in one job.
+PRESETS: dict[str, list[str]] = {"vocals-ensemble": ["bs-roformer-vocals", "mel-roformer-vocals"]}
+ENSEMBLE_MAX = 4  # models in one ensemble: each runs over the whole song
+ENSEMBLE_JOIN = "+"  # an ensemble's name: its models' names joined (the job, its songhash, the status carry it)
+
+
+def ensemble_members(name: str) -> list[str] | None:
+    if name in PRESETS:
+        return PRESETS[name]
+    return name.split(ENSEMBLE_JOIN) if ENSEMBLE_JOIN in name else None
+
+
+def complemented(track: str) -> str | None:
+    """The track whose complement `track` is (the song minus it), if it is one."""
+    if track == "instrumental":
+        return "vocals"
+    return track.removeprefix("no_") if track.startswith("no_") else None
+
+
+def ensemble_tracks(member_tracks: list[list[str]]) -> list[str]:
+    """An ensemble's tracks: its first model's. Every other model must give each of them, or the track it complements
+    (then its stems summed less that one stand in, as `two_stems` makes them)."""
+    first = member_tracks[0]
+    for tracks in member_tracks[1:]:
+        for track in first:
+            if track not in tracks and complemented(track) not in tracks:
+                raise ValueError(f"its models do not all give {track!r} ({', '.join(tracks)})")
+    return list(first)
 
 
 LICENSES = {"demucs": "MIT (demucs' repository)", "spleeter": "MIT (Deezer's Spleeter)"}
@@ -60,6 +91,17 @@ LICENSES = {"demucs": "MIT (demucs' repository)", "spleeter": "MIT (Deezer's Spl
 def details(name: str, repo: Path | None = None) -> dict:
     """What a client choosing a model wants to know beyond its tracks: its engine, what it is, its weights' license and,
     where they are in the model directory, their size in bytes."""
+    members = ensemble_members(name)
+    if members:
+        each = [details(m, repo) for m in members]
+        sizes = [d["size_bytes"] for d in each]
+        return {
+            "engine": "ensemble",
+            "about": "the average of " + ", ".join(members),
+            "license": "; ".join(f"{m}: {d['license']}" for m, d in zip(members, each, strict=True)),
+            "size_bytes": sum(sizes) if None not in sizes else None,
+            "models": members,
+        }
     info = catalog(repo).get(name) or {}
     engine = info.get("engine")
     named = ROFORMERS.get(name, {})
@@ -209,6 +251,9 @@ def hf_repo_name(name: str) -> str:
 
 def available(name: str, repo: Path | None = None, torch_home: Path | None = None) -> bool:
     """True when the weights are on this machine: bundled, in the model directory, or cached (TORCH_HOME, HF cache)."""
+    members = ensemble_members(name)
+    if members:
+        return all(available(m, repo, torch_home) for m in members)
     info = catalog(repo).get(name)
     if info is None:
         return False

@@ -126,6 +126,16 @@ class Worker:
         self.publish_models()
         return sep
 
+    def separator_for(self, job: Job) -> Separator:
+        """The job's model; for `two_stems`, the cheaper one that gives that track exactly, where there is one (a Demucs
+        bag of specialists runs only that track's: htdemucs_ft at a quarter of the forward passes)."""
+        sep = self.separator(job.model)
+        track = audio.OutputOptions.of(job.options).two_stems
+        narrowed = sep.for_track(track) if track else None
+        if narrowed is not None:
+            log.info("job %s: %s runs only what weighs in %s", job.songhash, job.model, track)
+        return narrowed or sep
+
     def publish_models(self) -> None:
         self.published = self.directory.view({name: sep.tracks for name, sep in self.separators.items()})
         self.directory.publish(self.name, self.published)
@@ -400,7 +410,7 @@ class Worker:
 
     def _separate(self, job: Job, tmp: Path, progress) -> Handled:
         """A whole song: separated here, or split into parts for the live workers."""
-        sep = self.separator(job.model)
+        sep = self.separator_for(job)
         started = time.perf_counter()
         source = self._download(job, tmp, progress)
         downloaded = time.perf_counter()
@@ -449,7 +459,7 @@ class Worker:
         return Handled(tracks)
 
     def _separate_part(self, job: Job, tmp: Path, progress) -> Handled:
-        sep = self.separator(job.model)
+        sep = self.separator_for(job)
         plan = self.jobs.splits.plan(job.songhash)
         if plan is None or not sep.can_split or not 0 <= job.part < len(plan["parts"]):
             raise audio.SongRejected(f"part {job.part} of a song that has no such part (or model {job.model} cannot be split)")
@@ -474,7 +484,7 @@ class Worker:
         return Handled(handed_on=f"part {job.part} stored")
 
     def _stitch(self, job: Job, tmp: Path, progress) -> Handled:
-        sep = self.separator(job.model)
+        sep = self.separator_for(job)
         plan = self.jobs.splits.plan(job.songhash)
         if plan is None or not sep.can_split:
             raise audio.SongRejected(f"no plan to stitch song {job.songhash} with model {job.model}")

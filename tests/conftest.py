@@ -111,14 +111,14 @@ def store(request, tmp_path):
 
 
 # --- models and songs ----------------------------------------------------------------------
-def build_tiny_model(repo: Path, name: str = TINY) -> Path:
-    """A small HTDemucs from demucs' own classes, saved in demucs' own format as a bag `name`."""
+def build_tiny_model(repo: Path, name: str = TINY, seed: int = 0, sig: str = "tiny0001") -> Path:
+    """A small HTDemucs from demucs' own classes, saved in demucs' own format (`sig`.th) as a bag `name`."""
     import torch
     import yaml
     from demucs.htdemucs import HTDemucs
     from demucs.states import save_with_checksum
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = HTDemucs(
         sources=["drums", "bass", "other", "vocals"],
         channels=4,
@@ -131,8 +131,8 @@ def build_tiny_model(repo: Path, name: str = TINY) -> Path:
     )
     args, kwargs = compat.model_init_args(model)
     repo.mkdir(parents=True, exist_ok=True)
-    save_with_checksum({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, repo / "tiny0001.th")
-    (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": ["tiny0001"]}))
+    save_with_checksum({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, repo / f"{sig}.th")
+    (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": [sig]}))
     return repo
 
 
@@ -216,9 +216,24 @@ def build_tiny_roformers(repo: Path) -> Path:
     return repo
 
 
+TINY_FT = "tiny_ft"  # a bag of specialists, as htdemucs_ft is: each member weighs in only its own tracks
+
+
+def build_tiny_specialists(repo: Path) -> Path:
+    """tiny0001 (already in `repo`) for drums and bass, a second tiny model for other and vocals, as one bag."""
+    import yaml
+
+    build_tiny_model(repo, "second", seed=1, sig="tiny0002")
+    (repo / "second.yaml").unlink()
+    (repo / f"{TINY_FT}.yaml").write_text(
+        yaml.safe_dump({"models": ["tiny0001", "tiny0002"], "weights": [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]})
+    )
+    return repo
+
+
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
-    return build_tiny_roformers(build_tiny_model(tmp_path_factory.mktemp("models")))
+    return build_tiny_specialists(build_tiny_roformers(build_tiny_model(tmp_path_factory.mktemp("models"))))
 
 
 def music(seconds: float, rate: int, channels: int = 2, seed: int = 3) -> np.ndarray:

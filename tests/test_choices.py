@@ -35,7 +35,8 @@ def test_choices_that_differ_from_the_defaults_travel(directory):
     "fields,status,words",
     [
         ({"model": "nope"}, 422, "unknown model"),
-        ({"model": ["tiny"]}, 422, "unknown model"),
+        ({"model": ["tiny"]}, 400, "an ensemble is 2 to 4"),  # a list is an ensemble
+        ({"model": {"a": 1}}, 422, "unknown model"),
         ({"format": "ogg"}, 400, "format must be one of"),
         ({"bitrate": "999"}, 400, "bitrate"),
         ({"bitrate": "192", "format": "wav"}, 400, "bitrate is for mp3"),

@@ -1,11 +1,14 @@
 """The RoFormer engine on small random-weight checkpoints saved as the published ones are (conftest.TINY_ROFORMERS),
 loaded through the production path (load_separator, the model directory)."""
 
+import json
+import subprocess
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_CHUNK, make_song, snr_db, start_rest, wait_until
+from conftest import BIN, TINY_CHUNK, make_song, snr_db, start_rest, wait_until
 from msaas import audio, models
 from msaas.separation import ModelUnavailable, SongStream, load_separator, separate_all, separate_file
 from msaas.separation.roformer_nets import mel_bands
@@ -136,7 +139,10 @@ def test_stems_through_the_service_are_exact_in_length_and_sum_to_the_song(setti
 
     client = start_rest(settings, processes)
     processes.append(msaas_process("worker", settings))
-    listed = {m["name"]: m for m in client.models()["models"]}
+    said = subprocess.run(
+        [str(BIN / "msaas"), "models", "--server", f"127.0.0.1:{settings.port}"], capture_output=True, text=True, timeout=60
+    )
+    listed = {m["name"]: m for m in json.loads(said.stdout)["models"]}  # the CLI's list is the API's
     assert listed[BS]["available"] and listed[BS]["engine"] == "roformer" and listed[BS]["tracks"] == ["vocals", "instrumental"]
     assert listed["bs-roformer-vocals"]["license"] and not listed["bs-roformer-vocals"]["available"]
     path = make_song(tmp_path / "s.mp3", seconds=3.1, rate=48000, seed=8)  # through both resamplers

@@ -278,3 +278,23 @@ def test_a_bug_is_retried_while_a_song_that_cannot_be_separated_fails_at_once(wo
     worker.jobs.r.lrem(keys.QUEUE, 0, worker.jobs.r.lindex(keys.QUEUE, -1))  # the first song's retry: out of the way
     run_one(worker)
     assert worker.jobs.status(h2)["state"] == "failed"
+
+
+def test_two_stems_on_a_bag_of_specialists_runs_one_and_gives_the_bags_own_track(worker, song, tmp_path, caplog):
+    """htdemucs_ft's path on a tiny bag: with two_stems=vocals only the vocals specialist runs, and the vocals stem is
+    byte for byte the one the whole bag gives."""
+    whole = enqueue(worker, song, model="tiny_ft", format="wav")
+    run_one(worker)
+    pair = enqueue(worker, song, model="tiny_ft", format="wav", two_stems="vocals")
+    with caplog.at_level(logging.INFO, logger="msaas.worker"):
+        run_one(worker)
+    assert f"job {pair}: tiny_ft runs only what weighs in vocals" in caplog.text
+
+    def stored(h: str, track: str) -> Path:
+        path = tmp_path / f"{h}-{track}.wav"
+        worker.store.get_file(storage.OUTPUT_BUCKET, storage.stem_name(h, track, "wav"), path)
+        return path
+
+    assert stored(pair, "vocals").read_bytes() == stored(whole, "vocals").read_bytes()
+    assert worker.jobs.status(pair)["tracks"] == ["vocals", "no_vocals"]
+    assert audio.probe(stored(pair, "no_vocals")).samples == audio.probe(song).samples

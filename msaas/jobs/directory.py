@@ -60,8 +60,17 @@ class ModelDirectory:
         return {name: self._entry(name, table, published) for name in {**table, **published}}
 
     def entry(self, name: str) -> ModelEntry | None:
+        """One model's entry; an ensemble's (`a+b`) from its models' (a ValueError when they do not share tracks)."""
         table, published = models.catalog(self.repo), self.published()
-        return self._entry(name, table, published) if name in table or name in published else None
+        if name in table or name in published:
+            return self._entry(name, table, published)
+        members = models.ensemble_members(name)
+        parts = [self._entry(m, table, published) for m in members or [] if m in table or m in published]
+        if not members or len(parts) != len(members):
+            return None
+        known = [p.tracks for p in parts if p.tracks]
+        tracks = models.ensemble_tracks(known) if len(known) == len(parts) else None
+        return ModelEntry(name, tracks, all(p.available for p in parts), all(p.published for p in parts))
 
     def _entry(self, name: str, table: dict[str, dict], published: dict[str, dict]) -> ModelEntry:
         seen = published.get(name)

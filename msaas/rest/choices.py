@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import audio, callbacks
+from .. import audio, callbacks, models
 from ..jobs import ModelDirectory
 
 
@@ -23,9 +23,26 @@ class Choices:
     tracks: list[str] | None  # the model's tracks, where known
 
 
+def ensemble_name(model: list | str) -> str:
+    """`model` as a list (JSON) or `a+b` (a form field): 2 to ENSEMBLE_MAX different models, none an ensemble itself."""
+    names = model if isinstance(model, list) else model.split(models.ENSEMBLE_JOIN)
+    if (
+        not 2 <= len(names) <= models.ENSEMBLE_MAX
+        or len(set(map(str, names))) != len(names)
+        or not all(isinstance(n, str) and n and models.ENSEMBLE_JOIN not in n and n not in models.PRESETS for n in names)
+    ):
+        raise BadChoice(400, f"an ensemble is 2 to {models.ENSEMBLE_MAX} different model names (not ensembles themselves)")
+    return models.ENSEMBLE_JOIN.join(names)
+
+
 def parse_choices(fields: dict, default_model: str, directory: ModelDirectory) -> Choices:
     model = fields.get("model") or default_model
-    entry = directory.entry(model) if isinstance(model, str) else None
+    if isinstance(model, list) or isinstance(model, str) and models.ENSEMBLE_JOIN in model:
+        model = ensemble_name(model)
+    try:
+        entry = directory.entry(model) if isinstance(model, str) else None
+    except ValueError as exc:  # an ensemble whose models do not share tracks
+        raise BadChoice(422, f"ensemble {model!r}: {exc}") from None
     if entry is None:
         raise BadChoice(422, f"unknown model {model!r}; GET /apiv1/models lists the models")
     if entry.published and not entry.available:  # the workers' word; a model none has spoken of may be downloaded

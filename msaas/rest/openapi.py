@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from .. import audio
+from .. import audio, models
 
 ERROR = {"$ref": "#/components/responses/Error"}
 SONGHASH = {"name": "songhash", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{56}$"}}
 TRACK = {"name": "track", "in": "path", "required": True, "schema": {"type": "string"}, "description": "`vocals` or `vocals.mp3`"}
 
 
-def _choices() -> dict:
+def _choices(json_body: bool = False) -> dict:
+    model = {"type": "string", "description": "a model of GET /apiv1/models (`a+b`: an ensemble); default: DEMUCS_MODEL"}
+    if json_body:  # or a list of models: an ensemble, their stems averaged
+        names = {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": models.ENSEMBLE_MAX}
+        model = {"anyOf": [model, names], "description": model["description"] + "; a list of 2-4 models: an ensemble"}
     return {
-        "model": {"type": "string", "description": "a model of GET /apiv1/models; default: the server's DEMUCS_MODEL"},
+        "model": model,
         "two_stems": {"type": "string", "description": "one track and the rest, e.g. vocals -> vocals + no_vocals"},
         "format": {"type": "string", "enum": list(audio.FORMATS)},
         "bitrate": {"type": "integer", "enum": list(audio.BITRATES), "description": "kbps, mp3 only"},
@@ -60,7 +64,7 @@ def spec() -> dict:
                                             "minLength": 4,
                                             "pattern": r"^[A-Za-z0-9+/\r\n]+={0,2}$",
                                         },
-                                        **_choices(),
+                                        **_choices(json_body=True),
                                         "callback": callback,
                                     },
                                 }

@@ -4,6 +4,7 @@ stretch of stems emitted as soon as no later chunk touches it: memory flat in th
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -38,14 +39,32 @@ class DemucsSeparator:
         self.tracks = list(model.sources)
         self.samplerate = int(model.samplerate)
         self.forward_s = 0.0  # wall time spent in the model's forward passes, all songs together
+        self.only: tuple[list, torch.Tensor] | None = None  # for_track's members and their weights
 
     def _members(self) -> tuple[list, torch.Tensor]:
         from demucs.apply import BagOfModels
 
+        if self.only is not None:
+            return self.only
         bag = self.model if isinstance(self.model, BagOfModels) else None
         members = list(bag.models) if bag else [self.model]
         weights = torch.tensor(bag.weights if bag else [[1.0] * len(self.tracks)], dtype=torch.float32)
         return members, (weights / weights.sum(0))[:, :, None, None]  # each member's part of each source, as apply_model weighs
+
+    def for_track(self, track: str) -> DemucsSeparator | None:
+        """This bag with only the members that weigh in `track` (htdemucs_ft: one specialist of four), when that is fewer:
+        `track` comes out exactly as the whole bag gives it; the other tracks are those members' own, evenly weighed, so
+        that their sum stands for the rest of the song (`two_stems`)."""
+        members, share = self._members()
+        t = self.tracks.index(track)
+        needed = [m for m in range(len(members)) if share[m, t].item() > 0]
+        if len(needed) == len(members):
+            return None
+        view = copy.copy(self)
+        only = torch.full((len(needed), len(self.tracks), 1, 1), 1.0 / len(needed))
+        only[:, t] = share[needed, t]
+        view.only = ([members[m] for m in needed], only)
+        return view
 
     def chunk_plan(self, length: int) -> ChunkPlan:
         segments = {float(m.segment) for m in self._members()[0]}

@@ -47,6 +47,11 @@ class Separator(Protocol):
         """Run the model once on silence, so that its first song does not pay for a fresh process's first pass."""
         ...
 
+    def for_track(self, track: str) -> Separator | None:
+        """A cheaper separator for `two_stems=track`: `track` exactly as this one gives it, the other tracks only so that
+        their sum stands for the rest; None when there is none (every engine but a Demucs bag of specialists)."""
+        ...
+
     def read(self, source: Path, max_duration_s: float | None = None, song: SongStream | None = None) -> Reading:
         """`source` opened for separation: its own length and rate, and what runs the model over it. `song`: the file
         already read as a SongStream (its first pass done), for an engine that reads songs block by block."""
@@ -81,6 +86,11 @@ def separate_all(separator: Separator, mix: torch.Tensor, progress: Callable[[fl
 
 def load_separator(name: str, repo: Path | None = None, device: str = "auto") -> Separator:
     """The engine the model table names for `name`, its weights loaded (from `repo`, a DEMUCS_REPO, when given)."""
+    members = models.ensemble_members(name)
+    if members:
+        from .ensemble import Ensemble
+
+        return Ensemble(name, [load_separator(m, repo, device) for m in members])
     info = models.catalog(repo).get(name)
     if info is None:
         raise ModelUnavailable(f"unknown model {name!r}; known: {', '.join(sorted(models.catalog(repo)))}")

@@ -68,6 +68,9 @@ class RoformerSeparator:
         self.overlap = int((config.get("inference") or {}).get("num_overlap", 2))
         self.forward_s = 0.0
 
+    def for_track(self, track: str) -> None:
+        return None  # one network gives every track
+
     def warm_up(self) -> None:
         """One chunk of silence through the network (a fresh process's first pass costs a few times the next ones)."""
         for _ in self._chunks(iter([torch.zeros(2, self.chunk)]), self.chunk):

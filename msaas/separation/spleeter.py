@@ -116,6 +116,9 @@ class SpleeterSeparator(WholeSong):
         self.window = torch.hann_window(N_FFT, device=self.device)
         self.forward_s = 0.0  # wall time in the U-Nets' forward passes, all songs together
 
+    def for_track(self, track: str) -> None:
+        return None  # one network gives every track
+
     def warm_up(self) -> None:
         """One patch of silence through the U-Nets (a fresh process's first pass costs several of the next)."""
         self.stream(torch.zeros(2, PATCH * HOP), lambda block: None)

@@ -74,6 +74,7 @@ async function loadModels() {
   const select = $("model");
   for (const m of models) {
     const option = new Option(`${m.name}${m.tracks ? ` (${m.tracks.join(", ")})` : ""}${m.available ? "" : " (weights missing)"}`, m.name);
+    option.title = [m.about, m.engine && `engine: ${m.engine}`, m.license && `weights: ${m.license}`].filter(Boolean).join(" · ");
     option.disabled = !m.available;
     option.selected = m.name === preferred;
     select.append(option);
