@@ -86,8 +86,8 @@ MUTANTS = [
     ),
     Mutant(
         "roformer-first-chunk-faded",
-        T + "test_roformer.py::test_streamed_from_the_file_block_by_block_equals_the_whole_song_pass",
-        "the RoFormer engine fades in its first chunk too, as if another chunk covered the song's start",
+        T + "test_roformer.py::test_a_song_shorter_than_two_overlaps_and_one_of_exactly_a_chunk",
+        "the RoFormer engine fades in its first chunk too (what a song too short to be mirrored meets)",
         "msaas/separation/roformer.py",
         "                if fade and offset == 0:\n",
         "                if fade and offset < 0:\n",
