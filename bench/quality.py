@@ -43,15 +43,16 @@ def sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
 def truth_for(track: str, sources: dict[str, np.ndarray], mix: np.ndarray) -> np.ndarray | None:
     if track in sources:
         return sources[track]
-    if track in ("accompaniment", "no_vocals"):
+    if track in ("accompaniment", "no_vocals", "instrumental"):
         return mix - sources["vocals"]
     return None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="*", default=[models.SPLEETER, "htdemucs"])
-    parser.add_argument("--repo", type=Path, help="DEMUCS_REPO for the Demucs models")
+    every = [models.SPLEETER, "htdemucs", "htdemucs_ft", *models.ROFORMERS, *models.PRESETS]
+    parser.add_argument("--models", nargs="*", default=every, help="default: every model of the table that scores here")
+    parser.add_argument("--repo", type=Path, help="DEMUCS_REPO for the Demucs and RoFormer models")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,18 +53,41 @@ def _from_hf_hub(name: str, dest: Path) -> None:
     shutil.copyfile(bag_file, dest / f"{name}.yaml")
 
 
-def _roformer(name: str, dest: Path, sources: dict[str, str]) -> None:
-    """A RoFormer's config and checkpoint as `<name>.yaml` and `<name>.ckpt` (torch.hub's download: a file appears
-    only once whole), then loaded from there to prove they belong together."""
-    from torch.hub import download_url_to_file
+CONNECT_TIMEOUT_S = 10  # a host that does not answer (a cluster without egress) fails the download, never hangs it
+READ_TIMEOUT_S = 60
 
-    from .separation import load_separator
 
+def download(url: str, target: Path) -> None:
+    """`url` into `target`, which appears only once whole (a partial download is removed, never loaded later)."""
+    import requests
+
+    partial = target.with_name(target.name + ".part")
+    try:
+        with requests.get(url, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)) as response:
+            response.raise_for_status()
+            with open(partial, "wb") as out:
+                for block in response.iter_content(1 << 20):
+                    out.write(block)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def roformer_files(name: str, dest: Path, sources: dict[str, str]) -> None:
+    """A RoFormer's config and checkpoint as `<name>.yaml` and `<name>.ckpt` in `dest` (what is there already is kept)."""
+    dest.mkdir(parents=True, exist_ok=True)
     for key, suffix in (("config", ".yaml"), ("checkpoint", ".ckpt")):
         target = dest / f"{name}{suffix}"
         if not target.exists():
             log.info("downloading %s", sources[key])
-            download_url_to_file(sources[key], str(target), progress=True)
+            download(sources[key], target)
+
+
+def _roformer(name: str, dest: Path, sources: dict[str, str]) -> None:
+    """The files, then loaded from there to prove they belong together."""
+    from .separation import load_separator
+
+    roformer_files(name, dest, sources)
     load_separator(name, dest, "cpu")
 
 

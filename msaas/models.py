@@ -149,11 +149,18 @@ def complement(track: str) -> str:
     return "instrumental" if track == "vocals" else f"no_{track}"
 
 
-def roformer_files(name: str, repo: Path | None) -> tuple[Path, Path] | tuple[None, None]:
-    """A RoFormer's checkpoint and config in the model directory, when both are there."""
-    if repo is None:
+def roformer_cache(torch_home: Path | None = None) -> Path:
+    """Where a worker with network keeps the named RoFormers it downloaded (beside demucs' weights in torch.hub's cache)."""
+    return (torch_home or Path.home() / ".cache" / "torch") / "hub" / "checkpoints" / "msaas-roformer"
+
+
+def roformer_files(name: str, repo: Path | None, torch_home: Path | None = None) -> tuple[Path, Path] | tuple[None, None]:
+    """A RoFormer's checkpoint and config, when both are there: in the model directory if one is set, else (a named one)
+    in the download cache."""
+    folder = repo if repo is not None else roformer_cache(torch_home) if name in ROFORMERS else None
+    if folder is None:
         return None, None
-    ckpt, config = repo / f"{name}.ckpt", repo / f"{name}.yaml"
+    ckpt, config = folder / f"{name}.ckpt", folder / f"{name}.yaml"
     return (ckpt, config) if ckpt.is_file() and config.is_file() else (None, None)
 
 
@@ -260,7 +267,7 @@ def available(name: str, repo: Path | None = None, torch_home: Path | None = Non
     if info["engine"] == "spleeter":
         return spleeter_checkpoints() is not None
     if info["engine"] == "roformer":
-        return roformer_files(name, repo)[0] is not None
+        return roformer_files(name, repo, torch_home)[0] is not None
     if repo is not None:
         return _in_repo(name, repo)
     return _cached(name, torch_home)

@@ -166,3 +166,57 @@ def test_a_separate_file_run_gives_each_track_its_file(mel, tmp_path):
     assert list(report.stems) == mel.tracks
     for stem in report.stems.values():
         assert audio.probe(stem).samples == audio.probe(path).samples
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """torch.hub's cache (TORCH_HOME/hub) in a temporary directory, as a fresh worker without DEMUCS_REPO has it."""
+    import torch.hub
+
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+    yield tmp_path / "torch"
+    torch.hub.set_dir(before)
+
+
+def test_a_named_roformer_is_downloaded_on_first_use_without_a_model_directory(tiny_repo, tmp_path, hub, monkeypatch):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import free_port
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), functools.partial(Quiet, directory=str(tiny_repo)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        named = {**models.ROFORMERS["bs-roformer-vocals"], "checkpoint": f"{base}/{BS}.ckpt", "config": f"{base}/{BS}.yaml"}
+        monkeypatch.setitem(models.ROFORMERS, "bs-roformer-vocals", named)
+        assert not models.available("bs-roformer-vocals", None, hub)
+        sep = load_separator("bs-roformer-vocals", None, "cpu")
+        assert sep.tracks == ["vocals", "instrumental"] and models.available("bs-roformer-vocals", None, hub)
+        assert sorted(p.name for p in models.roformer_cache(hub).iterdir()) == [
+            "bs-roformer-vocals.ckpt",
+            "bs-roformer-vocals.yaml",
+        ]
+    finally:
+        server.shutdown()
+
+
+def test_without_network_a_named_roformer_fails_at_once_saying_how_to_fetch_it(tmp_path, hub, monkeypatch):
+    import time
+
+    from conftest import free_port
+
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens: as a cluster without egress, or a host gone
+    named = {**models.ROFORMERS["bs-roformer-vocals"], "checkpoint": f"{gone}/a.ckpt", "config": f"{gone}/a.yaml"}
+    monkeypatch.setitem(models.ROFORMERS, "bs-roformer-vocals", named)
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="could not be downloaded .*msaas fetch-model bs-roformer-vocals DIR"):
+        load_separator("bs-roformer-vocals", None, "cpu")
+    assert time.monotonic() - started < 15
+    assert not list(models.roformer_cache(hub).glob("*"))  # nothing half-downloaded left to load

@@ -39,18 +39,36 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def find_files(name: str, repo: Path | None) -> tuple[Path, Path]:
+    """The checkpoint and config: from the model directory when DEMUCS_REPO is set (never downloaded then: an air-gapped
+    cluster says so at once), else a named model from the download cache, downloaded there on first use."""
+    from torch.hub import get_dir
+
+    torch_home = Path(get_dir()).parent  # torch's own rule (TORCH_HOME), as demucs' downloads follow it
+    ckpt, config = models.roformer_files(name, repo, torch_home)
+    if ckpt is not None:
+        return ckpt, config
+    how = f"fetch them with `msaas fetch-model {name} DIR` where there is network, and set DEMUCS_REPO=DIR"
+    if repo is not None or name not in models.ROFORMERS:
+        raise ModelUnavailable(f"model {name!r}: its checkpoint and config are not in the model directory {repo}; {how}")
+    from ..fetch import roformer_files
+
+    try:
+        roformer_files(name, models.roformer_cache(torch_home), models.ROFORMERS[name])
+    except Exception as exc:  # no network, a host gone: the job fails at once with what to do
+        raise ModelUnavailable(
+            f"model {name!r} could not be downloaded ({exc.__class__.__name__}: {str(exc)[:150]}); {how}"
+        ) from None
+    return models.roformer_files(name, repo, torch_home)  # type: ignore[return-value]
+
+
 class RoformerSeparator:
     """A RoFormer checkpoint from the model directory: `<name>.ckpt` and `<name>.yaml`."""
 
     can_split = False  # splitting.py cuts songs along Demucs' chunk plan
 
     def __init__(self, name: str, repo: Path | None, device: torch.device):
-        ckpt, config_file = models.roformer_files(name, repo)
-        if ckpt is None:
-            raise ModelUnavailable(
-                f"model {name!r}: its checkpoint and config are not in the model directory ({repo or 'DEMUCS_REPO is not set'}); "
-                f"fetch them with `msaas fetch-model {name} DIR` where there is network, and set DEMUCS_REPO=DIR"
-            )
+        ckpt, config_file = find_files(name, repo)
         config = models.read_roformer_config(config_file)
         try:
             self.net = build(model_kind(config), dict(config["model"]))
