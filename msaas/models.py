@@ -31,6 +31,7 @@ ROFORMERS: dict[str, dict] = {
         "config": "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/viperx/"
         "model_bs_roformer_ep_317_sdr_12.9755.yaml",
         "about": "BS-RoFormer vocals by viperx (vocals SDR 10.87 on MVSep's multisong set)",
+        "state_dict_bytes": 639_305_358,  # its architecture's state dict, saved (bench/engines.py): the download's size
         "license": "not stated by its publisher (shared through the UVR model repository)",
     },
     "mel-roformer-vocals": {
@@ -40,6 +41,7 @@ ROFORMERS: dict[str, dict] = {
         "config": "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/KimberleyJensen/"
         "config_vocals_mel_band_roformer_kj.yaml",
         "about": "Mel-Band RoFormer vocals by Kimberley Jensen (vocals SDR 10.98 on MVSep's multisong set)",
+        "state_dict_bytes": 913_076_571,
         "license": "not recorded here: see its Hugging Face model card",
     },
     "bs-roformer-4stems": {
@@ -114,7 +116,8 @@ def details(name: str, repo: Path | None = None) -> dict:
         "engine": engine,
         "about": named.get("about"),
         "license": named.get("license") or LICENSES.get(engine or "") or "not recorded here",
-        "size_bytes": sum(f.stat().st_size for f in files) if files else None,
+        # the weights here, else what a download takes (a RoFormer's architecture saved: about what its publisher serves)
+        "size_bytes": sum(f.stat().st_size for f in files) if files else named.get("state_dict_bytes"),
     }
 
 

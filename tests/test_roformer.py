@@ -3,6 +3,7 @@ loaded through the production path (load_separator, the model directory)."""
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +221,37 @@ def test_without_network_a_named_roformer_fails_at_once_saying_how_to_fetch_it(t
         load_separator("bs-roformer-vocals", None, "cpu")
     assert time.monotonic() - started < 15
     assert not list(models.roformer_cache(hub).glob("*"))  # nothing half-downloaded left to load
+
+
+def test_the_song_is_read_block_by_block_and_held_a_chunk_at_a_time(tmp_path):
+    """Mirrored, the RoFormer engine's view of a song stream: the song padded by reflection at both ends as a whole-song
+    F.pad would pad it, while holding about one chunk of it, whatever the song's length."""
+    from msaas.separation.roformer import Mirrored
+
+    path = make_song(tmp_path / "s.wav", seconds=30, seed=13, fmt="wav")
+    stream = SongStream(path, 44100)
+    whole = torch.cat(list(stream.blocks()), dim=-1)
+    size, step = 44100 * 2, 44100
+    padded = F.pad(whole[None], (size - step, size - step), mode="reflect")[0]
+    song = Mirrored(stream.blocks(), stream.length, size - step)
+    for offset in range(0, padded.shape[-1], step):
+        n = min(size, padded.shape[-1] - offset)
+        assert torch.equal(song.padded(offset, n), padded[:, offset : offset + n])
+    assert song.most < 2 * size  # not the song (30 s): about a chunk and a border
+
+
+@pytest.mark.parametrize("name", ["bs-roformer-vocals", "mel-roformer-vocals"])
+def test_the_named_roformers_sizes_are_those_of_their_published_architectures(name):
+    """The table's sizes (what /apiv1/models says a download takes) are the published configs' networks saved by
+    bench/engines.py: 4 bytes a parameter and a little pickling."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from engines import KINDS, PUBLISHED
+
+    from msaas.separation.roformer_nets import build
+
+    with torch.device("meta"):  # the shapes only, no memory
+        net = build(KINDS[name], dict(PUBLISHED[name]))
+    weights = 4 * sum(t.numel() for t in net.state_dict().values())
+    assert 0 < models.ROFORMERS[name]["state_dict_bytes"] - weights < 0.001 * weights

@@ -164,6 +164,7 @@ class Mirrored:
         self.border = border if length > 2 * border and border > 0 else 0
         self.buffer = torch.zeros(2, 0)
         self.start = 0  # the song's sample at buffer[..., 0]
+        self.most = 0  # the longest the buffer has been (samples)
 
     def _have(self, stop: int) -> None:
         pending, have = [], self.start + self.buffer.shape[-1]
@@ -175,6 +176,7 @@ class Mirrored:
             have += block.shape[-1]
         if pending:
             self.buffer = torch.cat([self.buffer, *pending], dim=-1)
+            self.most = max(self.most, self.buffer.shape[-1])
 
     def samples(self, lo: int, hi: int) -> torch.Tensor:
         """The song's own samples [lo, hi), still in the buffer."""
