@@ -136,61 +136,26 @@ def build_tiny_model(repo: Path, name: str = TINY, seed: int = 0, sig: str = "ti
     return repo
 
 
+_TINY_NET = dict(  # what both tiny RoFormers' configs share (the published ones share these keys too)
+    dim=16, depth=1, stereo=True, time_transformer_depth=1, freq_transformer_depth=1, dim_head=8, heads=2, flash_attn=True,
+    dim_freqs_in=129, stft_n_fft=256, stft_hop_length=64, stft_win_length=256, stft_normalized=False, mask_estimator_depth=2,
+)  # fmt: skip
 TINY_ROFORMERS = {  # (kind, the config's `model:` section, its `training:` section), small enough for the tests
     "tiny-bs-roformer": (
         "bs_roformer",
         dict(
-            dim=16,
-            depth=1,
-            stereo=True,
-            num_stems=1,
-            time_transformer_depth=1,
-            freq_transformer_depth=1,
-            linear_transformer_depth=0,
-            freqs_per_bands=(4,) * 8 + (8,) * 8 + (33,),
-            dim_head=8,
-            heads=2,
-            attn_dropout=0.1,
-            ff_dropout=0.1,
-            flash_attn=True,
-            dim_freqs_in=129,
-            stft_n_fft=256,
-            stft_hop_length=64,
-            stft_win_length=256,
-            stft_normalized=False,
-            mask_estimator_depth=2,
-            multi_stft_resolution_loss_weight=1.0,
-            multi_stft_resolutions_window_sizes=(4096, 2048, 1024, 512, 256),
-            multi_stft_hop_size=147,
+            _TINY_NET, num_stems=1, linear_transformer_depth=0, freqs_per_bands=(4,) * 8 + (8,) * 8 + (33,),
+            attn_dropout=0.1, ff_dropout=0.1, multi_stft_resolution_loss_weight=1.0,
+            multi_stft_resolutions_window_sizes=(4096, 2048, 1024, 512, 256), multi_stft_hop_size=147,
         ),
         dict(instruments=["vocals", "other"], target_instrument="vocals"),
     ),
     "tiny-mel-roformer": (
         "mel_band_roformer",
-        dict(
-            dim=16,
-            depth=1,
-            stereo=True,
-            num_stems=4,
-            time_transformer_depth=1,
-            freq_transformer_depth=1,
-            num_bands=8,
-            dim_head=8,
-            heads=2,
-            attn_dropout=0,
-            ff_dropout=0,
-            flash_attn=True,
-            dim_freqs_in=129,
-            sample_rate=44100,
-            stft_n_fft=256,
-            stft_hop_length=64,
-            stft_win_length=256,
-            stft_normalized=False,
-            mask_estimator_depth=2,
-        ),
+        dict(_TINY_NET, num_stems=4, num_bands=8, attn_dropout=0, ff_dropout=0, sample_rate=44100),
         dict(instruments=["bass", "drums", "vocals", "other"], target_instrument=None),
     ),
-}
+}  # fmt: skip
 TINY_CHUNK = 64 * 160  # samples (0.23 s), a multiple of the hop as the published chunk sizes are
 
 
