@@ -1,4 +1,4 @@
-"""The `msaas` command: a thin shell over the library (up | rest | worker | logs | fetch-model | separate | status | queue | models)."""
+"""The `msaas` command: a thin shell over the library (up | rest | worker | logs | fetch-model | separate | status | queue | models | mix)."""
 
 from __future__ import annotations
 
@@ -137,6 +137,26 @@ def cmd_queue(settings: Settings, args) -> int:
     return _show(lambda: _client(settings, args).queue())
 
 
+def cmd_mix(settings: Settings, args) -> int:
+    """`msaas mix HASH --vocals 0 --out karaoke.mp3`: a gain per track, as options named for the tracks."""
+    from .client import ApiError
+
+    gains, extra = {}, list(args.gains)
+    while extra:
+        name = extra.pop(0)
+        if not name.startswith("--") or not extra:
+            print(f"msaas mix: expected --TRACK GAIN, got {name!r}", file=sys.stderr)
+            return 2
+        gains[name[2:]] = extra.pop(0)
+    try:
+        path = _client(settings, args).mix(args.hash, gains, Path(args.out))
+    except (ApiError, OSError) as exc:
+        print(f"msaas: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def cmd_models(settings: Settings, args) -> int:
     return _show(lambda: _client(settings, args).models())
 
@@ -174,14 +194,22 @@ def parser() -> argparse.ArgumentParser:
         if extra:
             cmd.add_argument(extra)
         cmd.set_defaults(run=fn)
-    for cmd in (sep, *[sub.choices[n] for n in ("status", "queue", "models")]):
+    mix = sub.add_parser("mix", help="a song's stems mixed into one file: --TRACK GAIN for each track to change (--vocals 0)")
+    mix.add_argument("hash")
+    mix.add_argument("--out", default="mix.mp3")
+    mix.set_defaults(run=cmd_mix)
+    for cmd in (sep, mix, *[sub.choices[n] for n in ("status", "queue", "models")]):
         cmd.add_argument("--server", help="host:port or URL of the REST server (default $REST or localhost:5000)")
         cmd.add_argument("--key", help="the API key, when the server wants one (default $MSAAS_API_KEY)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if rest and args.command != "mix":  # only `mix` takes options named for a song's tracks
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.gains = rest
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -71,7 +71,14 @@ class Client:
             time.sleep(0.5)
 
     def download(self, songhash: str, track: str, dest: Path) -> Path:
-        with self.http.get(f"{self.base}/apiv1/track/{songhash}/{track}", stream=True, timeout=self.timeout) as response:
+        return self._fetch(f"{self.base}/apiv1/track/{songhash}/{track}", dest)
+
+    def mix(self, songhash: str, gains: dict[str, float], dest: Path) -> Path:
+        """The stems mixed into one file, `gains` per track (a track not named keeps 1)."""
+        return self._fetch(f"{self.base}/apiv1/mix/{songhash}", dest, params=gains)
+
+    def _fetch(self, url: str, dest: Path, params: dict | None = None) -> Path:
+        with self.http.get(url, params=params, stream=True, timeout=self.timeout) as response:
             if response.status_code >= 400:
                 self._check(response)
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,8 @@ def test_streamed_from_the_file_block_by_block_equals_the_whole_song_pass(name, 
 
 
 def test_a_song_shorter_than_two_overlaps_and_one_of_exactly_a_chunk(bs):
-    for n in (TINY_CHUNK // 3, TINY_CHUNK, TINY_CHUNK + 1, 3 * TINY_CHUNK // 2 + 7):
+    # the last: not mirrored, its final chunk shorter than its fade-in (one step and 500 samples)
+    for n in (TINY_CHUNK // 3, TINY_CHUNK, TINY_CHUNK + 1, 3 * TINY_CHUNK // 2 + 7, TINY_CHUNK // 2 + 500):
         mix = torch.randn(2, n) * 0.1
         stems = separate_all(bs, mix)
         assert stems.shape == (2, 2, n) and torch.isfinite(stems).all()

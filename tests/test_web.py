@@ -4,8 +4,9 @@ import json
 import shutil
 
 import pytest
+import requests
 
-from conftest import ROOT, make_song, msaas_process, needs, wait_http
+from conftest import ROOT, make_song, msaas_process, needs, snr_db, wait_http
 from msaas import audio
 
 pytestmark = [
@@ -98,6 +99,16 @@ def test_a_song_is_separated_played_and_mixed_in_the_browser(settings, redis_cli
         gains = "JSON.stringify(Object.fromEntries(msaasMixer.stems.map(s => [s.track, s.gain.gain.value])))"
         page.wait_for_function(f'{gains} === \'{{"drums":0.5,"bass":0,"other":0,"vocals":0}}\'', timeout=5_000)
         assert page.get_attribute("#zip", "href").startswith("/apiv1/zip/")
+        # What is heard, exported: the server's mix at the mixer's gains (only those that are not 1), the song's length.
+        export = page.get_attribute("#export", "href")
+        assert export.startswith("/apiv1/mix/") and export.endswith("?drums=0.5&bass=0&other=0&vocals=0")
+        assert page.get_attribute("#karaoke-mix", "href").endswith("?vocals=0")
+        base, songhash = url.rstrip("/"), export.split("?")[0].rsplit("/", 1)[1]
+        (tmp_path / "export.mp3").write_bytes(requests.get(base + export, timeout=60).content)
+        (tmp_path / "drums.mp3").write_bytes(requests.get(f"{base}/apiv1/track/{songhash}/drums", timeout=60).content)
+        heard, drums = audio.decode(tmp_path / "export.mp3")[0], audio.decode(tmp_path / "drums.mp3")[0]
+        assert heard.shape == drums.shape and heard.shape[1] == audio.probe(song).samples
+        assert snr_db(0.5 * drums, heard) > 15  # through one more MP3 encoding
         assert page.text_content("#recent-list") == "my song.mp3"
 
         shot = tmp_path / "mixer.png"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import logging
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import audio, models, storage
+from .. import audio, mixing, models, storage
 from ..jobs import Job, JobState, songhash_of_file
 from . import auth, uploads
 from .backends import backends
@@ -192,6 +193,55 @@ def track(songhash: str, track: str):
         raise ApiError(404, f"track {name} of {songhash} is no longer stored") from None
     headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{name}.{ext}"'}
     return Response(chunks, mimetype=fmt.content_type, headers=headers)
+
+
+@bp.get("/mix/<songhash>")
+def mix_of_stems(songhash: str):
+    """The stems mixed back into one file, a gain per track in the query (`?vocals=0` is karaoke; a track not named
+    keeps 1), in the stems' format, exact in length: made in a temporary folder, streamed, then removed."""
+    record = _song(songhash)
+    if record["state"] != "done" or not record["tracks"]:
+        raise ApiError(404, f"song {songhash} has no stems yet (the job is {record['state']})")
+    try:
+        gains = mixing.parse_gains(request.args.to_dict(), record["tracks"])
+    except mixing.BadGains as exc:
+        raise ApiError(400, str(exc)) from None
+    output = audio.OutputOptions.of(record["options"])
+    b = backends()
+    ext, store = output.file_format.ext, b.store
+    if not b.uploads.acquire(blocking=False):  # a mix takes /tmp and CPU as an upload does: the same MAX_UPLOADS slots
+        raise ApiError(503, "this server is as busy as it can be; try again shortly", {"Retry-After": "5"})
+    folder = Path(tempfile.mkdtemp(prefix="msaas-mix-"))
+    try:
+        stems = {}
+        for i, track in enumerate(record["tracks"]):
+            if gains[track] > 0 or i == 0:  # the first is read for the song's length even when muted
+                stems[track] = folder / f"{track}.{ext}"
+                store.get_file(storage.OUTPUT_BUCKET, storage.stem_name(songhash, track, ext), stems[track])
+        out = folder / f"mix.{ext}"
+        mixing.mix(stems, gains, out, output.format, output.bitrate)
+    except storage.ObjectNotFound:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ApiError(404, f"the stems of {songhash} are no longer stored") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        b.uploads.release()
+
+    def body():
+        try:
+            with open(out, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    yield chunk
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    headers = {
+        "Content-Length": str(out.stat().st_size),
+        "Content-Disposition": f'attachment; filename="{songhash[:12]}-mix.{ext}"',
+    }
+    return Response(body(), mimetype=output.file_format.content_type, headers=headers)
 
 
 class _Sink(io.RawIOBase):

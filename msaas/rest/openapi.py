@@ -144,9 +144,26 @@ def spec() -> dict:
                     "responses": {"200": {"description": "the stems", "content": {"application/zip": {}}}, "404": ERROR},
                 }
             },
+            "/apiv1/mix/{songhash}": {
+                "get": {
+                    "summary": "the stems mixed into one file, a gain per track (?vocals=0: karaoke), in the stems' format",
+                    "parameters": [
+                        SONGHASH,
+                        {
+                            "name": "gains",
+                            "in": "query",
+                            "style": "form",
+                            "explode": True,
+                            "description": "track=gain, 0 to 4; a track not named keeps 1",
+                            "schema": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 4}},
+                        },
+                    ],
+                    "responses": {"200": {"description": "the mix"}, "400": ERROR, "404": ERROR},
+                }
+            },
             "/apiv1/models": {
                 "get": {
-                    "summary": "models, their tracks, whether their weights are available",
+                    "summary": "models, their engines, tracks, whether their weights are available, license and size",
                     "responses": {
                         "200": {"description": "models", "content": {"application/json": {"schema": {"type": "object"}}}}
                     },

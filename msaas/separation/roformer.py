@@ -131,11 +131,12 @@ class RoformerSeparator:
                 started = time.perf_counter()
                 out = self.net(part[None].to(self.device))[0, :, :, :n].float().cpu()  # [stems, 2, n]
                 self.forward_s += time.perf_counter() - started
-                w = window[:n].clone()
+                w = window.clone()  # flat where no other chunk covers the song: its first start, its last end
                 if fade and offset == 0:
                     w[:fade] = 1
                 if fade and offset + step >= padded:
                     w[-fade:] = 1
+                w = w[:n]
                 if sums is None:
                     sums, weights = out * w, w
                 else:  # the new chunk reaches at least as far as the ones before it

@@ -170,6 +170,9 @@ const mixer = {
     }
     const ext = status.options?.format || "mp3";
     keyedLink($("zip"), `/apiv1/zip/${hash}`, `${hash.slice(0, 12)}-stems.zip`);
+    this.hash = hash;
+    $("karaoke-mix").hidden = !status.tracks.includes("vocals");
+    keyedLink($("karaoke-mix"), `/apiv1/mix/${hash}?vocals=0`, `${hash.slice(0, 12)}-karaoke.${ext}`);
     this.stems = await Promise.all(status.tracks.map(async (track) => {
       const url = `/apiv1/track/${hash}/${track}`;
       const data = await fetchWithKey(url).then((r) => r.arrayBuffer());
@@ -220,6 +223,11 @@ const mixer = {
   apply() {
     const levels = this.levels();
     for (const stem of this.stems) stem.gain.gain.value = levels[stem.track]; // takes effect at once (no scheduled event)
+    // what is heard, as one file from the server: the same gains (only those that are not 1)
+    const changed = Object.entries(levels).filter(([, level]) => level !== 1);
+    const query = new URLSearchParams(changed.map(([track, level]) => [track, String(level)]));
+    const ext = this.stems[0]?.ext || "mp3";
+    keyedLink($("export"), `/apiv1/mix/${this.hash}${changed.length ? `?${query}` : ""}`, `${this.hash.slice(0, 12)}-mix.${ext}`);
   },
 
   position() {
