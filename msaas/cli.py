@@ -84,9 +84,18 @@ def progress_line(name: str, status: dict, width: int = 30) -> str:
     """`song.mp3 [#########---------------------]  31.0% running separating`"""
     done = round(status["progress"] * width)
     stage = status.get("stage", "") if status["state"] == "running" else ""
+    if status.get("queue_position") is not None:
+        stage = f"({status['queue_position']} ahead)"
+    if status.get("eta_s") is not None:
+        stage += f", about {_duration(status['eta_s'])} left"
     return (
         f"{name} [{'#' * done}{'-' * (width - done)}] {status['progress'] * 100:5.1f}% {status['state']} {stage}".rstrip() + "   "
     )
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
 def cmd_separate(settings: Settings, args) -> int:

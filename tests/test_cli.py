@@ -35,6 +35,10 @@ def test_the_progress_bar_shows_the_fraction_done():
 
     line = progress_line("song.mp3", {"state": "running", "stage": "separating", "progress": 0.5}, width=10)
     assert line.startswith("song.mp3 [#####-----]  50.0% running separating")
+    running = {"state": "running", "stage": "separating", "progress": 0.5, "eta_s": 83.4}
+    assert progress_line("s", running, width=2).startswith("s [#-]  50.0% running separating, about 1:23 left")
+    queued = {"state": "queued", "progress": 0.0, "queue_position": 2}
+    assert progress_line("s", queued, width=2).startswith("s [--]   0.0% queued (2 ahead)")
 
 
 def test_the_cli_sends_its_key_and_says_clearly_when_one_is_missing(settings, processes):

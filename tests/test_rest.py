@@ -399,3 +399,29 @@ def test_a_key_may_have_only_so_many_songs_waiting(settings, redis_client, tmp_p
         assert post_json(live, {"mp3": songs[2]}, headers=as_key("key-two")).status_code == 200
     finally:
         live.close()
+
+
+def test_a_queued_song_says_how_many_wait_before_it(live_app, song, tmp_path):
+    import base64
+
+    from conftest import make_song
+
+    hashes = []
+    for seed in (31, 32, 33):
+        body = {"mp3": base64.b64encode(make_song(tmp_path / f"q{seed}.mp3", seconds=1, seed=seed).read_bytes()).decode()}
+        hashes.append(requests.post(f"{live_app.url}/apiv1/separate", json=body, timeout=30).json()["hash"])
+    positions = [requests.get(f"{live_app.url}/apiv1/status/{h}", timeout=30).json()["queue_position"] for h in hashes]
+    assert positions == [0, 1, 2]  # no worker: first come, first taken
+
+
+def test_a_running_song_says_about_how_long_it_has_left(live_app, redis_client, song):
+    import time
+
+    h = requests.post(f"{live_app.url}/apiv1/separate", json={"mp3": base64.b64encode(song.read_bytes()).decode()}, timeout=30)
+    h = h.json()["hash"]
+    status = lambda: requests.get(f"{live_app.url}/apiv1/status/{h}", timeout=30).json()  # noqa: E731
+    # as a worker records it: running since 30 s ago, a quarter done; then too early to say
+    redis_client.hset(keys.job_key(h), mapping={"state": "running", "progress": 0.25, "started": time.time() - 30})
+    assert status()["eta_s"] == pytest.approx(90, abs=2) and "queue_position" not in status()
+    redis_client.hset(keys.job_key(h), mapping={"progress": 0.01})
+    assert "eta_s" not in status()

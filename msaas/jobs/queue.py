@@ -122,6 +122,18 @@ class JobQueue:
             del out[name]
         return out
 
+    def position(self, songhash: str) -> int | None:
+        """How many messages a queued song waits behind (0: it is next), whoever's they are; None when it is not queued."""
+        ahead = 0
+        for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1)):  # workers take from the right: the next is last
+            try:
+                if Job.from_message(raw).songhash == songhash:
+                    return ahead
+            except BadMessage:
+                pass
+            ahead += 1
+        return None
+
     def queued(self, tenant: str | None = None) -> list[str]:
         """One tenant's songhashes waiting, oldest first (rest pushes on the left, workers take from the right)."""
         waiting = []

@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -163,10 +164,19 @@ def _song(songhash: str) -> dict:
     return record
 
 
+ETA_AFTER = 0.05  # of the progress: before that, the pace says too little to estimate the time left
+
+
 @bp.get("/status/<songhash>")
 def status(songhash: str):
     record = _song(songhash)
     record["urls"] = {t: f"/apiv1/track/{songhash}/{t}" for t in record["tracks"]}
+    if record["state"] == "queued":
+        record["queue_position"] = backends().jobs.position(songhash)
+    elif record["state"] == "running" and record["progress"] >= ETA_AFTER and "started" in record:
+        # the pace so far, carried on: progress is shared by the stages in proportion to their time (worker.STAGES)
+        elapsed = max(0.0, time.time() - record["started"])
+        record["eta_s"] = round(elapsed * (1 - record["progress"]) / record["progress"], 1)
     return jsonify(record)
 
 

@@ -189,6 +189,8 @@ def spec() -> dict:
                         "tracks": {"type": "array", "items": {"type": "string"}},
                         "error": {"type": "string"},
                         "parts": {"type": "integer", "minimum": 2, "description": "a long song split across this many workers"},
+                        "queue_position": {"type": "integer", "minimum": 0, "description": "queued: messages ahead of it"},
+                        "eta_s": {"type": "number", "minimum": 0, "description": "running: seconds left at its pace so far"},
                         "urls": {"type": "object"},
                     },
                 },

@@ -64,6 +64,11 @@ function choose(file) {
   say(file ? `${file.name} (${(file.size / 1e6).toFixed(1)} MB)` : "");
 }
 
+function clock(seconds) {
+  const s = Math.round(seconds);
+  return s >= 60 ? `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}` : `${s} s`;
+}
+
 function say(text, error = false) {
   $("message").textContent = text;
   $("message").className = error ? "error" : "";
@@ -141,7 +146,9 @@ async function follow(hash, name) {
       $("stage").textContent = err.message;
       return;
     }
-    $("stage").textContent = status.state === "running" ? status.stage : status.state;
+    const waiting = status.queue_position != null ? ` (${status.queue_position} ahead)` : "";
+    const left = status.eta_s != null ? `, about ${clock(status.eta_s)} left` : "";
+    $("stage").textContent = (status.state === "running" ? status.stage : status.state) + waiting + left;
     $("progress").value = status.progress;
     $("percent").textContent = `${Math.round(status.progress * 100)}%`;
     if (status.state === "done") return mixer.load(hash, status);
