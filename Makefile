@@ -37,16 +37,17 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format msaas tests data bench *.py
 	$(VENV)/bin/ruff check --fix msaas tests data bench *.py
 
-bench: bench-encode bench-speed bench-engines bench-memory bench-split bench-quality  ## benchmarks, not part of `make test` (hours on 2 CPUs; bench-quality needs espeak-ng)
+bench: bench-encode bench-speed bench-memory bench-split bench-quality  ## benchmarks, not part of `make test` (hours on 2 CPUs; bench-quality needs espeak-ng)
 
 bench-encode: $(STAMP)  ## MP3 encoding of one stem: LAME called directly against FFmpeg's libmp3lame (PyAV), CPU per stem-minute
 	$(PY) bench/encoders.py
 
-bench-speed: $(STAMP)  ## MSaaS against the demucs command line and demucs as a library, A B C C B A (BENCH_SECONDS="30 120 600" BENCH_ROUNDS=2)
+bench-speed: $(STAMP)  ## MSaaS against the demucs command line and demucs as a library, A B C C B A (BENCH_SECONDS="30 120 600" BENCH_ROUNDS=2); then each engine (bench-engines)
 	$(PY) bench/speed.py --rounds $(or $(BENCH_ROUNDS),2) $(or $(BENCH_SECONDS),30 120 600)
+	$(PY) bench/engines.py $(or $(ENGINES_SECONDS),20)
 
-bench-engines: $(STAMP)  ## each engine (htdemucs, the RoFormers, Spleeter) on one song: s per audio-minute and peak RSS (ENGINES_SECONDS=60)
-	$(PY) bench/engines.py --rounds $(or $(BENCH_ROUNDS),1) $(or $(ENGINES_SECONDS),60)
+bench-engines: $(STAMP)  ## each engine (htdemucs, the RoFormers, Spleeter) on one song: s per audio-minute and peak RSS (ENGINES_SECONDS=20); also the end of bench-speed
+	$(PY) bench/engines.py $(or $(ENGINES_SECONDS),20)
 
 bench-memory: $(STAMP)  ## peak RSS of one separation per fresh process, a short and a long song (MEMORY_SECONDS="60 600")
 	$(PY) bench/worker_memory.py $(or $(MEMORY_SECONDS),60 600)

@@ -11,7 +11,7 @@ Each process runs `separate_file` (the worker's path: read block by block, stems
 up on 10 s, then on the song; its ru_maxrss is the peak. Runs go A B C D D C B A over the engines (ROUNDS times), so a slow
 spell of the shared machine lands on every side; the table gives medians, and each engine's ratio to htdemucs.
 
-Usage: python bench/engines.py [--rounds N] [SECONDS]   (default: 1 round of 60 s)
+Usage: python bench/engines.py [--rounds N] [SECONDS]   (default: 1 round of 60 s; make bench-speed and bench-engines: 20 s)
 """
 
 from __future__ import annotations
