@@ -31,7 +31,7 @@ ROFORMERS: dict[str, dict] = {
         "config": "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/viperx/"
         "model_bs_roformer_ep_317_sdr_12.9755.yaml",
         "about": "BS-RoFormer vocals by viperx (vocals SDR 10.87 on MVSep's multisong set)",
-        "state_dict_bytes": 639_305_358,  # its architecture's state dict, saved (bench/engines.py): the download's size
+        "state_dict_bytes": 639_305_358,  # its architecture's state dict saved (bench/engines.py): about what a download takes
         "license": "not stated by its publisher (shared through the UVR model repository)",
     },
     "mel-roformer-vocals": {
