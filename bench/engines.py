@@ -41,7 +41,6 @@ PUBLISHED = {  # the `model:` sections of the published configs (training-only k
         dim_head=64, heads=8, sample_rate=44100, mask_estimator_depth=2, **STFT,
     ),
 }  # fmt: skip
-KINDS = {"bs-roformer-vocals": "bs_roformer", "mel-roformer-vocals": "mel_band_roformer"}
 ENGINES = ["htdemucs", "bs-roformer-vocals", "mel-roformer-vocals", "spleeter-2stems"]
 
 
@@ -50,13 +49,14 @@ def full_size_roformers(repo: Path = REPO) -> Path:
     import torch
     import yaml
 
+    from msaas import models
     from msaas.separation.roformer_nets import build
 
     full_size_htdemucs(repo)
     for name, params in PUBLISHED.items():
         if not (repo / f"{name}.ckpt").exists():
             torch.manual_seed(0)
-            torch.save(build(KINDS[name], dict(params)).state_dict(), repo / f"{name}.ckpt")
+            torch.save(build(models.ROFORMERS[name]["kind"], dict(params)).state_dict(), repo / f"{name}.ckpt")
             config = {
                 "audio": {"chunk_size": 352800, "sample_rate": 44100},
                 "model": params,

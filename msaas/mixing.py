@@ -3,6 +3,7 @@ every track but the vocals): the stems decoded block by block side by side, summ
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,32 +51,39 @@ class _Blocks:
         return out
 
 
+def _silence(length: int, block: int) -> Iterator[np.ndarray]:
+    for at in range(0, length, block):
+        yield np.zeros((2, min(block, length - at)), dtype=np.float32)
+
+
+def _summed(sources: list[tuple[_Blocks, np.float32]], block: int) -> Iterator[np.ndarray]:
+    """The sources' weighted sum, block by block, as long as all of them last (every stem has the song's length)."""
+    while True:
+        parts = [(source.take(block), gain) for source, gain in sources]
+        n = min(p.shape[1] for p, _ in parts)
+        if n == 0:
+            return
+        yield np.clip(sum(p[:, :n] * gain for p, gain in parts), -1.0, 1.0).astype(np.float32)
+
+
 def mix(stems: dict[str, Path], gains: dict[str, float], out: Path, fmt: str, bitrate: int, block: int = 1 << 16) -> int:
     """Write the stems' weighted sum to `out` in `fmt`; every stem has the song's length and rate, and so has the mix.
-    Returns its length in samples. Tracks of gain 0 are not decoded at all."""
+    Returns its length in samples. Tracks of gain 0 are not decoded at all (but for the length, when all of them are)."""
     heard = {track: path for track, path in stems.items() if gains.get(track, 1.0) > 0}
-    rate = audio.probe(next(iter(stems.values()))).sample_rate
-    decoders = [audio.Decoder(path) for path in heard.values()]
-    try:
-        sources = [(_Blocks(d.blocks()), np.float32(gains.get(t, 1.0))) for t, d in zip(heard, decoders, strict=True)]
+    with contextlib.ExitStack() as opened:
+        decoders = {track: opened.enter_context(audio.Decoder(path)) for track, path in heard.items()}
+        if decoders:
+            rate = next(iter(decoders.values())).rate
+            blocks = _summed([(_Blocks(d.blocks()), np.float32(gains.get(t, 1.0))) for t, d in decoders.items()], block)
+        else:  # everything muted: silence of the song's length
+            info = audio.probe(next(iter(stems.values())))
+            rate, blocks = info.sample_rate, _silence(info.samples, block)
         writer = audio.open_stem_file(out, rate, fmt, bitrate)
         written = 0
         try:
-            if not sources:  # everything muted: silence of the song's length
-                length = audio.probe(next(iter(stems.values()))).samples
-                for at in range(0, length, block):
-                    writer.write(np.zeros((2, min(block, length - at)), dtype=np.float32))
-                return length
-            while True:
-                parts = [(source.take(block), gain) for source, gain in sources]
-                n = min(p.shape[1] for p, _ in parts)
-                if n == 0:
-                    return written
-                total = sum(p[:, :n] * gain for p, gain in parts)
-                writer.write(np.clip(total, -1.0, 1.0).astype(np.float32))
-                written += n
+            for data in blocks:
+                writer.write(data)
+                written += data.shape[1]
         finally:
             writer.close()
-    finally:
-        for decoder in decoders:
-            decoder.container.close()
+    return written

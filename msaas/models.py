@@ -90,12 +90,13 @@ def ensemble_tracks(member_tracks: list[list[str]]) -> list[str]:
 LICENSES = {"demucs": "MIT (demucs' repository)", "spleeter": "MIT (Deezer's Spleeter)"}
 
 
-def details(name: str, repo: Path | None = None) -> dict:
+def details(name: str, repo: Path | None = None, table: dict[str, dict] | None = None) -> dict:
     """What a client choosing a model wants to know beyond its tracks: its engine, what it is, its weights' license and,
-    where they are in the model directory, their size in bytes."""
+    where they are in the model directory, their size in bytes. `table`: `catalog(repo)`, when the caller has it."""
+    table = catalog(repo) if table is None else table
     members = ensemble_members(name)
     if members:
-        each = [details(m, repo) for m in members]
+        each = [details(m, repo, table) for m in members]
         sizes = [d["size_bytes"] for d in each]
         return {
             "engine": "ensemble",
@@ -104,8 +105,7 @@ def details(name: str, repo: Path | None = None) -> dict:
             "size_bytes": sum(sizes) if None not in sizes else None,
             "models": members,
         }
-    info = catalog(repo).get(name) or {}
-    engine = info.get("engine")
+    engine = (table.get(name) or {}).get("engine")
     named = ROFORMERS.get(name, {})
     files: list[Path] = []
     if engine == "roformer":
@@ -192,7 +192,7 @@ def _repo_names(repo: Path | None) -> dict[str, Path]:
     names: dict[str, Path] = {}
     for file in repo.iterdir():
         if file.suffix == ".yaml" and file.with_suffix(".ckpt").is_file():
-            continue  # a RoFormer's config (roformer_names)
+            continue  # a RoFormer's config (catalog lists it by its checkpoint)
         if file.suffix == ".yaml":
             names[file.stem] = file
         elif file.suffix == ".th":

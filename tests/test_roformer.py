@@ -248,11 +248,11 @@ def test_the_named_roformers_sizes_are_those_of_their_published_architectures(na
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from engines import KINDS, PUBLISHED
+    from engines import PUBLISHED
 
     from msaas.separation.roformer_nets import build
 
     with torch.device("meta"):  # the shapes only, no memory
-        net = build(KINDS[name], dict(PUBLISHED[name]))
+        net = build(models.ROFORMERS[name]["kind"], dict(PUBLISHED[name]))
     weights = 4 * sum(t.numel() for t in net.state_dict().values())
     assert 0 < models.ROFORMERS[name]["state_dict_bytes"] - weights < 0.001 * weights

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,28 +123,22 @@ class JobQueue:
             del out[name]
         return out
 
-    def position(self, songhash: str) -> int | None:
-        """How many messages a queued song waits behind (0: it is next), whoever's they are; None when it is not queued."""
-        ahead = 0
-        for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1)):  # workers take from the right: the next is last
-            try:
-                if Job.from_message(raw).songhash == songhash:
-                    return ahead
-            except BadMessage:
-                pass
-            ahead += 1
-        return None
-
-    def queued(self, tenant: str | None = None) -> list[str]:
-        """One tenant's songhashes waiting, oldest first (rest pushes on the left, workers take from the right)."""
-        waiting = []
+    def _waiting(self) -> Iterator[Job | None]:
+        """The queue's messages, next first (rest pushes on the left, workers take from the right); None for one that is
+        not a job (a worker dead-letters it when it comes up)."""
         for raw in reversed(self.r.lrange(keys.QUEUE, 0, -1)):
             try:
-                job = Job.from_message(raw)
+                yield Job.from_message(raw)
             except BadMessage:
-                continue  # a worker dead-letters it when it comes up
-            if job.tenant == tenant:
-                waiting.append(job.songhash)
+                yield None
+
+    def position(self, songhash: str) -> int | None:
+        """How many messages a queued song waits behind (0: it is next), whoever's they are; None when it is not queued."""
+        return next((ahead for ahead, job in enumerate(self._waiting()) if job and job.songhash == songhash), None)
+
+    def queued(self, tenant: str | None = None) -> list[str]:
+        """One tenant's songhashes waiting, oldest first."""
+        waiting = [job.songhash for job in self._waiting() if job and job.tenant == tenant]
         return list(dict.fromkeys(waiting))  # a split song's parts are one song
 
     def forget_track(self, songhash: str, track: str) -> bool:

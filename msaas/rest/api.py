@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -42,16 +43,22 @@ def _choices(b, fields: dict) -> Choices:
         raise ApiError(exc.status, str(exc)) from None
 
 
+@contextlib.contextmanager
+def _slot(b, what: str):
+    """One of the MAX_UPLOADS slots (an upload, or a mix: each takes /tmp and CPU), or 503 when none is free."""
+    if not b.uploads.acquire(blocking=False):
+        raise ApiError(503, f"this server is taking as many {what} as it can; try again shortly", {"Retry-After": "5"})
+    try:
+        yield
+    finally:
+        b.uploads.release()
+
+
 @bp.post("/separate")
 def separate():
     b = backends()
-    if not b.uploads.acquire(blocking=False):
-        raise ApiError(503, "this server is taking as many uploads as it can; try again shortly", {"Retry-After": "5"})
-    try:
-        with tempfile.TemporaryDirectory(prefix="msaas-upload-") as tmp:
-            return _enqueue(b, _receive(b, Path(tmp) / "song"))
-    finally:
-        b.uploads.release()
+    with _slot(b, "uploads"), tempfile.TemporaryDirectory(prefix="msaas-upload-") as tmp:
+        return _enqueue(b, _receive(b, Path(tmp) / "song"))
 
 
 def _receive(b, path: Path) -> uploads.Upload:
@@ -219,25 +226,22 @@ def mix_of_stems(songhash: str):
     output = audio.OutputOptions.of(record["options"])
     b = backends()
     ext, store = output.file_format.ext, b.store
-    if not b.uploads.acquire(blocking=False):  # a mix takes /tmp and CPU as an upload does: the same MAX_UPLOADS slots
-        raise ApiError(503, "this server is as busy as it can be; try again shortly", {"Retry-After": "5"})
     folder = Path(tempfile.mkdtemp(prefix="msaas-mix-"))
     try:
-        stems = {}
-        for i, track in enumerate(record["tracks"]):
-            if gains[track] > 0 or i == 0:  # the first is read for the song's length even when muted
-                stems[track] = folder / f"{track}.{ext}"
-                store.get_file(storage.OUTPUT_BUCKET, storage.stem_name(songhash, track, ext), stems[track])
-        out = folder / f"mix.{ext}"
-        mixing.mix(stems, gains, out, output.format, output.bitrate)
+        with _slot(b, "mixes"):
+            stems = {}
+            for i, track in enumerate(record["tracks"]):
+                if gains[track] > 0 or i == 0:  # the first is read for the song's length even when muted
+                    stems[track] = folder / f"{track}.{ext}"
+                    store.get_file(storage.OUTPUT_BUCKET, storage.stem_name(songhash, track, ext), stems[track])
+            out = folder / f"mix.{ext}"
+            mixing.mix(stems, gains, out, output.format, output.bitrate)
     except storage.ObjectNotFound:
         shutil.rmtree(folder, ignore_errors=True)
         raise ApiError(404, f"the stems of {songhash} are no longer stored") from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    finally:
-        b.uploads.release()
 
     def body():
         try:
@@ -321,13 +325,14 @@ def openapi():
 @bp.get("/models")
 def list_models():
     b = backends()
+    table = models.catalog(b.settings.demucs_repo)  # read once for every model's details
     listed = [
         {
             "name": e.name,
             "tracks": e.tracks,
             "available": e.available,
             "default": e.name == b.settings.demucs_model,
-            **models.details(e.name, b.settings.demucs_repo),
+            **models.details(e.name, b.settings.demucs_repo, table),
         }
         for e in b.directory.entries().values()
     ]

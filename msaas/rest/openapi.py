@@ -158,7 +158,7 @@ def spec() -> dict:
                             "schema": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 4}},
                         },
                     ],
-                    "responses": {"200": {"description": "the mix"}, "400": ERROR, "404": ERROR},
+                    "responses": {"200": {"description": "the mix"}, "400": ERROR, "404": ERROR, "503": ERROR},
                 }
             },
             "/apiv1/models": {
