@@ -77,6 +77,10 @@ class Client:
         """The stems mixed into one file, `gains` per track (a track not named keeps 1)."""
         return self._fetch(f"{self.base}/apiv1/mix/{songhash}", dest, params=gains)
 
+    def peaks(self, songhash: str, track: str) -> dict:
+        """A stem's waveform (`msaas.peaks`): {rate, samples, span, scale, peaks}."""
+        return self._check(self.http.get(f"{self.base}/apiv1/peaks/{songhash}/{track}", timeout=30))
+
     def _fetch(self, url: str, dest: Path, params: dict | None = None) -> Path:
         with self.http.get(url, params=params, stream=True, timeout=self.timeout) as response:
             if response.status_code >= 400:

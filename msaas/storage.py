@@ -54,6 +54,11 @@ def stem_name(songhash: str, track: str, ext: str = "mp3") -> str:
     return check_name(f"{songhash}-{track}.{ext}")
 
 
+def peaks_name(songhash: str, track: str) -> str:
+    """A stem's waveform (`msaas.peaks`), beside it in the output bucket."""
+    return check_name(f"{songhash}-{track}.peaks.json")
+
+
 class ObjectStore(Protocol):
     def ensure_buckets(self) -> None: ...
     def put_file(self, bucket: str, name: str, path: Path, content_type: str) -> None: ...

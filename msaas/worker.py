@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from . import audio, compat, lame, splitting, storage
+from . import audio, compat, lame, peaks, splitting, storage
 from .callbacks import CallbackSender
 from .config import Settings
 from .jobs import Job, JobQueue, JobState, ModelDirectory, WorkerRegistry
@@ -511,6 +511,9 @@ class Worker:
         form = audio.OutputOptions.of(job.options).file_format
         for i, (track, path) in enumerate(stems.items()):
             progress("uploading", i / len(stems))
+            waveform = peaks.path_for(path)
+            if waveform.exists():  # written by the encoders; before the stem, so a stored stem has its peaks
+                self._store_result(storage.OUTPUT_BUCKET, storage.peaks_name(job.songhash, track), waveform, "application/json")
             self._store_result(storage.OUTPUT_BUCKET, storage.stem_name(job.songhash, track, form.ext), path, form.content_type)
         return list(stems)
 

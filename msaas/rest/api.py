@@ -178,6 +178,7 @@ ETA_AFTER = 0.05  # of the progress: before that, the pace says too little to es
 def status(songhash: str):
     record = _song(songhash)
     record["urls"] = {t: f"/apiv1/track/{songhash}/{t}" for t in record["tracks"]}
+    record["peaks"] = {t: f"/apiv1/peaks/{songhash}/{t}" for t in record["tracks"]}
     if record["state"] == "queued":
         record["queue_position"] = backends().jobs.position(songhash)
     elif record["state"] == "running" and record["progress"] >= ETA_AFTER and "started" in record:
@@ -210,6 +211,17 @@ def track(songhash: str, track: str):
         raise ApiError(404, f"track {name} of {songhash} is no longer stored") from None
     headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{name}.{ext}"'}
     return Response(chunks, mimetype=fmt.content_type, headers=headers)
+
+
+@bp.get("/peaks/<songhash>/<track>")
+def track_peaks(songhash: str, track: str):
+    """A stem's waveform for drawing (`msaas.peaks`), made by the worker as it encoded the stem."""
+    _, name, _ = _stem(songhash, track)
+    try:
+        size, chunks = backends().store.stream(storage.OUTPUT_BUCKET, storage.peaks_name(songhash, name))
+    except storage.ObjectNotFound:
+        raise ApiError(404, f"track {name} of {songhash} has no stored peaks (separated before they were kept, or removed)") from None
+    return Response(chunks, mimetype="application/json", headers={"Content-Length": str(size)})
 
 
 @bp.get("/mix/<songhash>")
@@ -307,10 +319,11 @@ def zip_of_stems(songhash: str):
 def remove(songhash: str, track: str):
     b = backends()
     _, name, fmt = _stem(songhash, track)
-    try:
-        b.store.remove(storage.OUTPUT_BUCKET, storage.stem_name(songhash, name, fmt.ext))
-    except storage.ObjectNotFound:
-        pass  # already gone from the store: forgetting it is all that is left to do
+    for obj in (storage.stem_name(songhash, name, fmt.ext), storage.peaks_name(songhash, name)):
+        try:
+            b.store.remove(storage.OUTPUT_BUCKET, obj)
+        except storage.ObjectNotFound:
+            pass  # already gone from the store: forgetting it is all that is left to do
     b.jobs.forget_track(songhash, name)
     return jsonify({"hash": songhash, "track": name, "removed": True})
 

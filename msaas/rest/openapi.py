@@ -144,6 +144,19 @@ def spec() -> dict:
                     "responses": {"200": {"description": "the stems", "content": {"application/zip": {}}}, "404": ERROR},
                 }
             },
+            "/apiv1/peaks/{songhash}/{track}": {
+                "get": {
+                    "summary": "a stem's waveform: the loudest sample of every 20 ms, 0 to scale (see msaas/peaks.py)",
+                    "parameters": [SONGHASH, TRACK],
+                    "responses": {
+                        "200": {
+                            "description": "peaks",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Peaks"}}},
+                        },
+                        "404": ERROR,
+                    },
+                }
+            },
             "/apiv1/mix/{songhash}": {
                 "get": {
                     "summary": "the stems mixed into one file, a gain per track (?vocals=0: karaoke), in the stems' format",
@@ -192,6 +205,18 @@ def spec() -> dict:
                         "queue_position": {"type": "integer", "minimum": 0, "description": "queued: messages ahead of it"},
                         "eta_s": {"type": "number", "minimum": 0, "description": "running: seconds left at its pace so far"},
                         "urls": {"type": "object"},
+                        "peaks": {"type": "object", "description": "each track's waveform URL"},
+                    },
+                },
+                "Peaks": {
+                    "type": "object",
+                    "required": ["rate", "samples", "span", "scale", "peaks"],
+                    "properties": {
+                        "rate": {"type": "integer", "description": "the stem's sample rate"},
+                        "samples": {"type": "integer", "description": "the stem's length in samples"},
+                        "span": {"type": "integer", "description": "samples per peak"},
+                        "scale": {"type": "integer", "description": "the peak value of full scale"},
+                        "peaks": {"type": "array", "items": {"type": "integer"}, "description": "ceil(samples / span) of them"},
                     },
                 },
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},

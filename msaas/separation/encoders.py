@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .. import audio, lame, parallel_mp3
+from .. import audio, lame, parallel_mp3, peaks
 from .devices import cpu_budget, idle_priority
 from .engine import Separator
 from .song import StreamResampler
@@ -34,7 +34,8 @@ class StemEncoders:
     The encoders use the CPU time the model leaves (torch's threads wait on each other within each layer), so encoding
     costs the separation next to nothing; when they fall `depth` blocks behind, the separator waits for them instead of
     piling up audio. At the end they drain in parallel (LAME and PyAV let go of the GIL). With `threads` of at least two per
-    track, each MP3 track is itself encoded on several of them (`parallel_mp3`), from a pool of that many threads."""
+    track, each MP3 track is itself encoded on several of them (`parallel_mp3`), from a pool of that many threads. Each
+    track's peaks (its waveform, `peaks`) are taken from the same blocks and written beside its file at the end."""
 
     def __init__(self, paths: dict[str, Path], rate: int, fmt: str, bitrate: int, depth: int = ENCODER_QUEUE, threads: int = 0):
         per_track = threads // len(paths)
@@ -49,6 +50,8 @@ class StemEncoders:
             else audio.open_stem_file(path, rate, fmt, bitrate)
             for path in paths.values()
         ]
+        self.paths = list(paths.values())
+        self.peaks = [peaks.Peaks(rate) for _ in self.writers]
         self.queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in self.writers]
         self.error: BaseException | None = None
         self.abandoned = False  # the separation stopped: what is still queued is dropped, not encoded
@@ -70,7 +73,9 @@ class StemEncoders:
         while (block := self.queues[i].get()) is not None:
             if self.error is None and not self.abandoned:
                 try:
-                    self.writers[i].write(block.numpy())
+                    data = block.numpy()
+                    self.peaks[i].add(data)
+                    self.writers[i].write(data)
                 except BaseException as exc:  # handed to the separating thread at its next put or at close
                     self.error = exc
         self.cpu[i] = time.thread_time() - started
@@ -99,6 +104,9 @@ class StemEncoders:
                 self.error = self.error or exc
         if self.pool:
             self.pool.shutdown(cancel_futures=True)
+        if self.error is None and not self.abandoned:
+            for path, waveform in zip(self.paths, self.peaks):
+                waveform.write(peaks.path_for(path))
         if self.error is not None and not abandon:
             raise self.error
 
