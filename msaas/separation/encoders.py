@@ -105,7 +105,7 @@ class StemEncoders:
         if self.pool:
             self.pool.shutdown(cancel_futures=True)
         if self.error is None and not self.abandoned:
-            for path, waveform in zip(self.paths, self.peaks):
+            for path, waveform in zip(self.paths, self.peaks, strict=True):
                 waveform.write(peaks.path_for(path))
         if self.error is not None and not abandon:
             raise self.error
