@@ -220,7 +220,9 @@ def track_peaks(songhash: str, track: str):
     try:
         size, chunks = backends().store.stream(storage.OUTPUT_BUCKET, storage.peaks_name(songhash, name))
     except storage.ObjectNotFound:
-        raise ApiError(404, f"track {name} of {songhash} has no stored peaks (separated before they were kept, or removed)") from None
+        raise ApiError(
+            404, f"track {name} of {songhash} has no stored peaks (separated before they were kept, or removed)"
+        ) from None
     return Response(chunks, mimetype="application/json", headers={"Content-Length": str(size)})
 
 
