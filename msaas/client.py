@@ -56,6 +56,15 @@ class Client:
     def queue(self) -> list[str]:
         return self._check(self.http.get(f"{self.base}/apiv1/queue", timeout=30))["queue"]
 
+    def songs(self, offset: int = 0, limit: int = 20) -> dict:
+        """A page of this caller's songs, newest first: {songs, total, offset, next}."""
+        params = {"offset": offset, "limit": limit}
+        return self._check(self.http.get(f"{self.base}/apiv1/songs", params=params, timeout=30))
+
+    def delete(self, songhash: str) -> dict:
+        """Remove a whole song (its stems, their peaks, its record)."""
+        return self._check(self.http.delete(f"{self.base}/apiv1/song/{songhash}", timeout=60))
+
     def models(self) -> dict:
         return self._check(self.http.get(f"{self.base}/apiv1/models", timeout=30))
 

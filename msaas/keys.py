@@ -17,6 +17,14 @@ def job_key(songhash: str) -> str:
     return f"job:{songhash}"
 
 
+SONGS_PREFIX, NO_TENANT = "songs:", "-"
+
+
+def songs_key(tenant: str | None) -> str:
+    """sorted set: one tenant's songhashes by when they were submitted (`songs:-` without API keys), GET /apiv1/songs"""
+    return f"{SONGS_PREFIX}{tenant or NO_TENANT}"
+
+
 def processing_key(worker: str) -> str:
     return f"processing:{worker}"
 

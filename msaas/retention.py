@@ -17,7 +17,8 @@ log = logging.getLogger("msaas.retention")
 
 # Take the songs due by ARGV[1] (at most ARGV[2]) out of `expiring`; a song submitted again meanwhile (its record is queued
 # or running, or ended later) is left alone. The record and parts of those taken are deleted here, whatever their TTL says.
-# KEYS expiring; ARGV now, limit, retention, the job key prefix, the parts key prefix.
+# The song leaves its tenant's list of songs too. KEYS expiring; ARGV now, limit, retention, the job key prefix, the parts
+# key prefix, the songs key prefix, the tenant of songs sent without a key (keys.songs_key).
 _TAKE_DUE = """
 local taken = {}
 for _, songhash in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
@@ -26,6 +27,9 @@ for _, songhash in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 
   local state, finished = unpack(redis.call('HMGET', job, 'state', 'finished'))
   local ended = state == $done or state == $failed
   if not state or (ended and tonumber(finished or 0) + tonumber(ARGV[3]) <= tonumber(ARGV[1]) + 1) then
+    local tenant = redis.call('HGET', job, 'tenant')
+    if not tenant or tenant == '' then tenant = ARGV[7] end
+    redis.call('ZREM', ARGV[6] .. tenant, songhash)
     redis.call('DEL', job, ARGV[5] .. songhash)
     table.insert(taken, songhash)
   end
@@ -48,11 +52,11 @@ class Retention:
         if self.retention_s <= 0:
             return []
         now = time.time()
-        args = [now, limit, self.retention_s, keys.job_key(""), keys.parts_key("")]
+        args = [now, limit, self.retention_s, keys.job_key(""), keys.parts_key(""), keys.SONGS_PREFIX, keys.NO_TENANT]
         swept = []
         for songhash in self._take_due(keys=[keys.EXPIRING], args=args):
             try:
-                removed = self.remove_objects(songhash)
+                removed = storage.remove_song(self.store, songhash)
             except storage.StorageError as exc:
                 log.warning("song %s: its objects stay until the next sweep: %s", songhash, exc)
                 self.r.zadd(keys.EXPIRING, {songhash: now + SWEEP_AGAIN_S})
@@ -60,15 +64,3 @@ class Retention:
             log.info("song %s expired: %d object(s) removed", songhash, removed)
             swept.append(songhash)
         return swept
-
-    def remove_objects(self, songhash: str) -> int:
-        """Every object of one song: its stems (`output/<songhash>-*`), its upload and a split song's parts (`queue/<songhash>.*`)."""
-        removed = 0
-        for bucket, prefix in ((storage.OUTPUT_BUCKET, f"{songhash}-"), (storage.QUEUE_BUCKET, f"{songhash}.")):
-            for name in list(self.store.names(bucket, prefix)):
-                try:
-                    self.store.remove(bucket, name)
-                    removed += 1
-                except storage.ObjectNotFound:
-                    pass
-        return removed

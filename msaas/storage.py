@@ -245,6 +245,21 @@ class S3Store:
         self._call(f"{bucket}/{name}", self.client.remove_object, bucket, name)
 
 
+def remove_song(store: ObjectStore, songhash: str, buckets: tuple[str, ...] = BUCKETS) -> int:
+    """Every object of one song in `buckets`: its stems and their peaks (`output/<songhash>-*`), its upload and a split
+    song's parts (`queue/<songhash>.*`). Returns how many were removed."""
+    prefixes = {OUTPUT_BUCKET: f"{songhash}-", QUEUE_BUCKET: f"{songhash}."}
+    removed = 0
+    for bucket in buckets:
+        for name in list(store.names(bucket, prefixes[bucket])):
+            try:
+                store.remove(bucket, name)
+                removed += 1
+            except ObjectNotFound:
+                pass
+    return removed
+
+
 def open_store(settings: Settings) -> ObjectStore:
     if settings.minio_host:
         return S3Store(

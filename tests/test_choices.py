@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 from msaas.jobs import ModelDirectory
-from msaas.rest.choices import BadChoice, Choices, parse_choices
+from msaas.rest.choices import BadChoice, Choices, parse_choices, song_name
 
 
 @pytest.fixture
@@ -61,3 +61,26 @@ def test_the_parser_loads_no_flask():
     code = "import sys, msaas.rest.choices; print('flask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize(
+    "value, filename, expected",
+    [
+        (None, "my song.mp3", "my song.mp3"),
+        ("", "/home/me/a.mp3", "a.mp3"),
+        ("Live\r\n at\x00 home ", None, "Live at home"),
+        ("..\\..\\etc\\passwd", None, "passwd"),
+        ("x" * 300, None, "x" * 120),
+        (None, None, None),
+        ("\x01\x02", None, None),
+    ],
+)
+def test_a_song_name_is_kept_printable_short_and_without_its_folders(value, filename, expected):
+    assert song_name(value, filename) == expected
+
+
+@pytest.mark.parametrize("value", [42, ["a"], {"a": 1}, "y" * 481])
+def test_a_song_name_that_is_no_short_string_is_a_400(value):
+    with pytest.raises(BadChoice) as bad:
+        song_name(value)
+    assert bad.value.status == 400

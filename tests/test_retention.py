@@ -7,10 +7,10 @@ from msaas.jobs import Job, JobQueue
 from msaas.retention import Retention
 
 
-def finished_song(jobs: JobQueue, store, tmp_path, songhash: str) -> None:
+def finished_song(jobs: JobQueue, store, tmp_path, songhash: str, tenant: str | None = None) -> None:
     src = tmp_path / "stem"
     src.write_bytes(b"stem")
-    jobs.submit(Job(songhash, "m"))
+    jobs.submit(Job(songhash, "m", tenant=tenant))
     for name in (f"{songhash}-vocals.mp3", f"{songhash}-drums.mp3"):
         store.put_file(storage.OUTPUT_BUCKET, name, src, "audio/mpeg")
     store.put_file(storage.QUEUE_BUCKET, f"{songhash}.part0.f32", src, "application/octet-stream")
@@ -25,7 +25,12 @@ def test_a_song_past_its_retention_loses_its_objects_and_record_and_others_stay(
     time.sleep(1.1)
     jobs.retention_s = 60
     finished_song(jobs, store, tmp_path, "new")
-    assert sweep.sweep() == ["old"]
+    finished_song(JobQueue(redis_client, retention_s=1), store, tmp_path, "keyed", tenant="t1")
+    time.sleep(1.1)
+    assert redis_client.zcard(keys.songs_key(None)) == 2 and redis_client.zcard(keys.songs_key("t1")) == 1
+    assert sorted(sweep.sweep()) == ["keyed", "old"]
+    assert [s["hash"] for s in jobs.songs(None)[1]] == ["new"] and jobs.songs("t1") == (0, [])  # out of the library too
+    assert redis_client.zcard(keys.songs_key("t1")) == 0
     assert list(store.names(storage.OUTPUT_BUCKET, "old-")) == [] and list(store.names(storage.QUEUE_BUCKET, "old.")) == []
     assert jobs.status("old") is None and redis_client.zscore(keys.EXPIRING, "old") is None
     assert len(list(store.names(storage.OUTPUT_BUCKET, "new-"))) == 2 and jobs.status("new")["state"] == "done"

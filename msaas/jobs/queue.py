@@ -31,12 +31,25 @@ log = logging.getLogger("msaas.jobs")
 
 # Enqueue only when the song is new or its last run failed: the same song with the same choices is one job.
 # LPUSH comes first: a script's first write is where a full redis (maxmemory) refuses it, and DEL would not be refused.
+# KEYS job, queue, the tenant's songs; ARGV message, songhash, now, the record's fields.
 _SUBMIT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= $failed then return state end
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+return false
+"""
+
+# Forget an ended song (its record, parts, place in its tenant's list and in `expiring`); a queued or running one is
+# left alone and its state returned. KEYS job, parts, the tenant's songs, expiring; ARGV songhash.
+_DELETE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == $queued or state == $running then return state end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return false
 """
 
@@ -83,13 +96,16 @@ class JobQueue:
         self.outbox = Outbox(client)
         self.splits = Splits(client)
         self._submit = client.register_script(lua(_SUBMIT))
+        self._delete = client.register_script(lua(_DELETE))
         self._forget_track = client.register_script(_FORGET_TRACK)
 
     # --- rest side -------------------------------------------------------------------------
-    def submit(self, job: Job) -> str | None:
-        """Record and enqueue a job; returns None when queued now, else the state of the existing job."""
+    def submit(self, job: Job, about: dict | None = None) -> str | None:
+        """Record and enqueue a job; returns None when queued now, else the state of the existing job. `about`: what the
+        record keeps for people (`name`, the uploaded file's; `duration_s`), not the worker."""
         now = time.time()
         record = {
+            **(about or {}),
             "state": "queued",
             "stage": "queued",
             "progress": 0,
@@ -102,16 +118,41 @@ class JobQueue:
         if job.tenant:
             record["tenant"] = job.tenant
         fields = [item for pair in record.items() for item in pair]
-        return self._submit(keys=[keys.job_key(job.songhash), keys.QUEUE], args=[job.to_message(), *fields])
+        job_keys = [keys.job_key(job.songhash), keys.QUEUE, keys.songs_key(job.tenant)]
+        return self._submit(keys=job_keys, args=[job.to_message(), job.songhash, now, *fields])
 
     def status(self, songhash: str) -> dict | None:
-        record = self.r.hgetall(keys.job_key(songhash))
+        return self._status(songhash, self.r.hgetall(keys.job_key(songhash)))
+
+    def songs(self, tenant: str | None, offset: int = 0, limit: int = 20) -> tuple[int, list[dict]]:
+        """One tenant's songs, newest first: how many there are, and the records of `limit` of them from `offset`. A song
+        whose record has expired meanwhile is left out (and out of the list from then on)."""
+        index = keys.songs_key(tenant)
+        pipe = self.r.pipeline()
+        pipe.zcard(index)
+        pipe.zrevrange(index, offset, offset + limit - 1)
+        total, hashes = pipe.execute()
+        pipe = self.r.pipeline()
+        for songhash in hashes:
+            pipe.hgetall(keys.job_key(songhash))
+        found = [(h, self._status(h, record)) for h, record in zip(hashes, pipe.execute(), strict=True)]
+        if gone := [h for h, record in found if record is None]:
+            self.r.zrem(index, *gone)
+        return total - len(gone), [record for _, record in found if record is not None]
+
+    def delete(self, songhash: str, tenant: str | None) -> str | None:
+        """Forget an ended song's record; returns None when done, else its state (queued or running: left alone)."""
+        job_keys = [keys.job_key(songhash), keys.parts_key(songhash), keys.songs_key(tenant), keys.EXPIRING]
+        return self._delete(keys=job_keys, args=[songhash])
+
+    @staticmethod
+    def _status(songhash: str, record: dict) -> dict | None:
         if not record:
             return None
         out: dict[str, Any] = {"hash": songhash, **record}
         out["progress"] = float(record.get("progress", 0))
         out["attempts"] = int(record.get("attempts", 0))
-        for name in ("created", "updated", "started", "finished"):
+        for name in ("created", "updated", "started", "finished", "duration_s"):
             if name in record:
                 out[name] = float(record[name])
         out["tracks"] = json.loads(record.get("tracks", "[]"))

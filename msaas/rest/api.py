@@ -18,7 +18,7 @@ from .. import audio, mixing, models, storage
 from ..jobs import Job, JobState, songhash_of_file
 from . import auth, uploads
 from .backends import backends
-from .choices import BadChoice, Choices, parse_choices
+from .choices import BadChoice, Choices, parse_choices, song_name
 from .errors import ApiError
 
 log = logging.getLogger("msaas.rest")
@@ -33,7 +33,22 @@ def authenticate():
 
 SONGHASH = re.compile(r"^[0-9a-f]{56}$")
 TRACK = re.compile(r"^([a-z][a-z_]{0,31})(?:\.(mp3|wav|flac))?$")
-FIELDS = {"mp3", "model", "two_stems", "format", "bitrate", "callback"}
+FIELDS = {"mp3", "model", "two_stems", "format", "bitrate", "callback", "name"}
+LISTED = (
+    "hash",
+    "name",
+    "model",
+    "state",
+    "stage",
+    "progress",
+    "created",
+    "finished",
+    "duration_s",
+    "tracks",
+    "options",
+    "error",
+)
+PAGE_MAX = 100  # songs in one page of GET /apiv1/songs
 
 
 def _choices(b, fields: dict) -> Choices:
@@ -80,6 +95,10 @@ def _enqueue(b, upload: uploads.Upload):
     if not upload.size:
         raise ApiError(400, "the song is empty")
     choices = _choices(b, upload.fields)
+    try:
+        name = song_name(upload.fields.get("name"), upload.filename)
+    except BadChoice as exc:
+        raise ApiError(exc.status, str(exc)) from None
     model, options, callback = choices.model, choices.options, choices.callback
     songhash = songhash_of_file(model, options, upload.path, g.tenant)
     existing = b.jobs.status(songhash)
@@ -95,12 +114,13 @@ def _enqueue(b, upload: uploads.Upload):
     info = _probe(b, upload.path, choices)
     b.ensure_store()
     ext, content_type = info.file_type
-    name = storage.upload_name(songhash, ext)
-    b.store.put_file(storage.QUEUE_BUCKET, name, upload.path, content_type)
+    stored = storage.upload_name(songhash, ext)
+    b.store.put_file(storage.QUEUE_BUCKET, stored, upload.path, content_type)
     try:
-        state = b.jobs.submit(Job(songhash, model, callback, options, tenant=g.tenant, upload=ext))
+        about = {"duration_s": round(info.duration_s, 3), **({"name": name} if name else {})}
+        state = b.jobs.submit(Job(songhash, model, callback, options, tenant=g.tenant, upload=ext), about)
     except Exception:
-        b.store.remove(storage.QUEUE_BUCKET, name)  # nothing half-done is left behind
+        b.store.remove(storage.QUEUE_BUCKET, stored)  # nothing half-done is left behind
         raise
     if state:
         return jsonify({"hash": songhash, "reason": f"Song already {state}; not separated again"})
@@ -328,6 +348,48 @@ def remove(songhash: str, track: str):
             pass  # already gone from the store: forgetting it is all that is left to do
     b.jobs.forget_track(songhash, name)
     return jsonify({"hash": songhash, "track": name, "removed": True})
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}, not {raw!r}")
+    return value
+
+
+@bp.get("/songs")
+def songs():
+    """The caller's songs (with API keys, each key's own), newest first: `limit` of them (1-100, default 20) from
+    `offset`; `next` is the offset of the page after, or null."""
+    limit, offset = _int_arg("limit", 20, 1, PAGE_MAX), _int_arg("offset", 0, 0, 1 << 31)
+    total, records = backends().jobs.songs(g.tenant, offset, limit)
+    listed = [{k: r[k] for k in LISTED if k in r} for r in records if r.get("tenant") == g.tenant]
+    after = offset + limit
+    return jsonify({"songs": listed, "total": total, "offset": offset, "next": after if after < total else None})
+
+
+@bp.delete("/song/<songhash>")
+def delete_song(songhash: str):
+    """A whole song gone: its stems, their peaks, what is left of its upload, and its record (it is unknown again)."""
+    record = _song(songhash)
+    busy = f"song {songhash} is {{}}: delete it once its job has ended (done or failed)"
+    if record["state"] in (JobState.QUEUED, JobState.RUNNING):
+        raise ApiError(409, busy.format(record["state"]))
+    b = backends()
+    removed = storage.remove_song(b.store, songhash, (storage.OUTPUT_BUCKET,))  # a store error: 503, the record stays
+    state = b.jobs.delete(songhash, g.tenant)
+    if state:  # sent again meanwhile (a failed song may be): its new job's stems are its own
+        raise ApiError(409, busy.format(state))
+    try:
+        removed += storage.remove_song(b.store, songhash, (storage.QUEUE_BUCKET,))
+    except storage.StorageError as exc:  # an upload left over: S3's lifecycle rule (RETENTION_S) removes it
+        log.warning("song %s deleted, but not its upload: %s", songhash, exc)
+    log.info("song %s deleted: %d object(s) removed", songhash, removed)
+    return jsonify({"hash": songhash, "removed": True, "objects": removed})
 
 
 @bp.get("/openapi.json")

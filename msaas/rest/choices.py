@@ -23,6 +23,21 @@ class Choices:
     tracks: list[str] | None  # the model's tracks, where known
 
 
+NAME_MAX = 120  # characters of a song's name kept for display
+
+
+def song_name(value, filename: str | None = None) -> str | None:
+    """The name a song is listed under: the `name` field, else the uploaded file's name; its last path part, printable
+    characters only, at most NAME_MAX of them. None when there is none."""
+    if value in (None, ""):
+        value = filename or ""
+    if not isinstance(value, str) or len(value) > 4 * NAME_MAX:
+        raise BadChoice(400, f"name must be a string of at most {NAME_MAX} characters")
+    value = value.replace("\\", "/").rsplit("/", 1)[-1]
+    value = " ".join("".join(c if c.isprintable() else " " for c in value).split())
+    return value[:NAME_MAX] or None
+
+
 def ensemble_name(model: list | str) -> str:
     """`model` as a list (JSON) or `a+b` (a form field): 2 to ENSEMBLE_MAX different models, none an ensemble itself."""
     names = model if isinstance(model, list) else model.split(models.ENSEMBLE_JOIN)

@@ -19,6 +19,7 @@ def _choices(json_body: bool = False) -> dict:
         "two_stems": {"type": "string", "description": "one track and the rest, e.g. vocals -> vocals + no_vocals"},
         "format": {"type": "string", "enum": list(audio.FORMATS)},
         "bitrate": {"type": "integer", "enum": list(audio.BITRATES), "description": "kbps, mp3 only"},
+        "name": {"type": "string", "maxLength": 480, "description": "listed as (default: the uploaded file's name)"},
     }
 
 
@@ -107,6 +108,33 @@ def spec() -> dict:
                             },
                         }
                     },
+                }
+            },
+            "/apiv1/songs": {
+                "get": {
+                    "summary": "the caller's songs, newest first, a page at a time",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        },
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "a page of songs",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Songs"}}},
+                        },
+                        "400": ERROR,
+                    },
+                }
+            },
+            "/apiv1/song/{songhash}": {
+                "delete": {
+                    "summary": "remove a whole song: stems, peaks, record",
+                    "parameters": [SONGHASH],
+                    "responses": {**removed, "409": ERROR},
                 }
             },
             "/apiv1/status/{songhash}": {
@@ -206,6 +234,18 @@ def spec() -> dict:
                         "eta_s": {"type": "number", "minimum": 0, "description": "running: seconds left at its pace so far"},
                         "urls": {"type": "object"},
                         "peaks": {"type": "object", "description": "each track's waveform URL"},
+                        "name": {"type": "string", "description": "the uploaded file's name"},
+                        "duration_s": {"type": "number"},
+                        "created": {"type": "number", "description": "Unix time"},
+                    },
+                },
+                "Songs": {
+                    "type": "object",
+                    "properties": {
+                        "songs": {"type": "array", "items": {"$ref": "#/components/schemas/Status"}},
+                        "total": {"type": "integer"},
+                        "offset": {"type": "integer"},
+                        "next": {"type": ["integer", "null"], "description": "the next page's offset"},
                     },
                 },
                 "Peaks": {
