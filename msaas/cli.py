@@ -99,12 +99,12 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_separate(settings: Settings, args) -> int:
-    from .client import ApiError
+    from .client import ApiError, is_link
 
     client = _client(settings, args)
     code = 0
-    for song in map(Path, args.files):
-        if not song.is_file():
+    for song in (arg if is_link(arg) else Path(arg) for arg in args.files):
+        if not is_link(song) and not song.is_file():
             print(f"{song}: no such file", file=sys.stderr)
             code = 2
             continue
@@ -114,7 +114,7 @@ def cmd_separate(settings: Settings, args) -> int:
                 print(json.dumps({"file": str(song), **client.submit(song, args.model, **choices)}))
                 continue
 
-            def show(status, name=song.name):
+            def show(status, name=song if is_link(song) else song.name):
                 print(f"\r{progress_line(name, status)}", end="", file=sys.stderr, flush=True)
 
             stems = client.separate(song, Path(args.out), args.model, on_status=show, **choices)
@@ -190,7 +190,7 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("dir")
     fetch.set_defaults(run=cmd_fetch_model)
     sep = sub.add_parser("separate", help="send songs to a server; with --wait, download their stems")
-    sep.add_argument("files", nargs="+")
+    sep.add_argument("files", nargs="+", metavar="SONG", help="a song file, or an http(s) link the server fetches")
     sep.add_argument("--model", help="a model of `msaas models`; `a+b`: an ensemble, their stems averaged")
     sep.add_argument("--two-stems", dest="two_stems")
     sep.add_argument("--format", choices=["mp3", "wav", "flac"])

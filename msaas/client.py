@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import requests
 
@@ -18,6 +19,18 @@ class ApiError(RuntimeError):
     def __init__(self, status: int, message: str):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+
+
+def is_link(song: Path | str) -> bool:
+    """A song given as an http(s) link (the server fetches it), not a file here."""
+    return isinstance(song, str) and song.startswith(("http://", "https://"))
+
+
+def song_folder(song: Path | str) -> str:
+    """The folder a song's stems are downloaded into: its file's (or link's last part's) name without the extension,
+    kept to letters, digits, `-`, `_` and `.` so that it stays inside the output folder."""
+    name = Path(unquote(urlparse(song).path)).stem if is_link(song) else Path(song).stem
+    return re.sub(r"[^\w.-]", "_", name).strip(".") or "song"
 
 
 def base_url(server: str) -> str:
@@ -41,9 +54,12 @@ class Client:
             raise ApiError(response.status_code, body.get("error", response.reason))
         return body
 
-    def submit(self, path: Path, model: str | None = None, multipart: bool = False, **choices) -> dict:
+    def submit(self, path: Path | str, model: str | None = None, multipart: bool = False, **choices) -> dict:
+        """Upload the song at `path`, or send its link (`https://...`: the server fetches it)."""
         fields = {k: v for k, v in {"model": model, **choices}.items() if v is not None}
         url = f"{self.base}/apiv1/separate"
+        if is_link(path):
+            return self._check(self.http.post(url, json={"url": path, **fields}, timeout=self.timeout))
         if multipart:
             with open(path, "rb") as song:
                 return self._check(self.http.post(url, files={"mp3": (Path(path).name, song)}, data=fields, timeout=self.timeout))
@@ -101,9 +117,9 @@ class Client:
         return dest
 
     def separate(
-        self, path: Path, out_dir: Path, model: str | None = None, on_status=lambda s: None, **choices
+        self, path: Path | str, out_dir: Path, model: str | None = None, on_status=lambda s: None, **choices
     ) -> dict[str, Path]:
-        """Upload, wait, download every stem into out_dir/<song name>/<track>.<ext>."""
+        """Upload (or send the link), wait, download every stem into out_dir/<song name>/<track>.<ext>."""
         songhash = self.submit(path, model, **choices)["hash"]
         status = self.wait(songhash, on_status=on_status)
         if status["state"] != "done":
@@ -112,4 +128,4 @@ class Client:
         unsafe = [t for t in status["tracks"] if not isinstance(t, str) or not SAFE_TRACK.match(t)]
         if unsafe or ext not in SAFE_EXT:
             raise ApiError(502, f"the server named stems that would not stay in {out_dir}: {unsafe or ext!r}; nothing written")
-        return {t: self.download(songhash, t, out_dir / Path(path).stem / f"{t}.{ext}") for t in status["tracks"]}
+        return {t: self.download(songhash, t, out_dir / song_folder(path) / f"{t}.{ext}") for t in status["tracks"]}

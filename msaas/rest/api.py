@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import audio, mixing, models, storage
+from .. import audio, links, mixing, models, storage
 from ..jobs import Job, JobState, songhash_of_file
 from . import auth, uploads
 from .backends import backends
@@ -33,7 +33,7 @@ def authenticate():
 
 SONGHASH = re.compile(r"^[0-9a-f]{56}$")
 TRACK = re.compile(r"^([a-z][a-z_]{0,31})(?:\.(mp3|wav|flac))?$")
-FIELDS = {"mp3", "model", "two_stems", "format", "bitrate", "callback", "name"}
+FIELDS = {"mp3", "url", "model", "two_stems", "format", "bitrate", "callback", "name"}
 LISTED = (
     "hash",
     "name",
@@ -77,24 +77,37 @@ def separate():
 
 
 def _receive(b, path: Path) -> uploads.Upload:
-    """The song to a file as it arrives (bounded memory whatever its size), the other fields parsed."""
+    """The song to a file as it arrives (bounded memory whatever its size), or fetched from its link; the other fields
+    parsed."""
     limit = b.settings.max_upload_bytes
     try:
-        if request.mimetype == "multipart/form-data":
-            return uploads.from_multipart(request.files, request.form, path, limit, FIELDS)
-        upload = uploads.from_json(request.stream, path, limit)
+        if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: a link
+            upload = uploads.from_multipart(request.files, request.form, path, limit, FIELDS)
+        else:
+            upload = uploads.from_json(request.stream, path, limit)
+            upload.fields = {k: v for k, v in upload.fields.items() if k in FIELDS}
     except uploads.UploadTooLarge as exc:
         raise ApiError(413, str(exc)) from None
     except uploads.BadUpload as exc:
         raise ApiError(400, str(exc)) from None
-    upload.fields = {k: v for k, v in upload.fields.items() if k in FIELDS}
     return upload
 
 
+def _fetch_link(b, upload: uploads.Upload) -> None:
+    """A link sent instead of the song: fetched into the upload's file, within the upload's limit."""
+    try:
+        fetched = links.fetch(upload.fields["url"], upload.path, b.settings.max_upload_bytes, b.settings.callback_allow_private)
+    except links.LinkError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    upload.size, upload.filename = fetched.size, fetched.filename
+
+
 def _enqueue(b, upload: uploads.Upload):
+    choices = _choices(b, upload.fields)  # first: a wrong choice costs no download of a link
+    if "url" in upload.fields and not upload.size:
+        _fetch_link(b, upload)
     if not upload.size:
         raise ApiError(400, "the song is empty")
-    choices = _choices(b, upload.fields)
     try:
         name = song_name(upload.fields.get("name"), upload.filename)
     except BadChoice as exc:

@@ -6,6 +6,12 @@ from .. import audio, models
 
 ERROR = {"$ref": "#/components/responses/Error"}
 SONGHASH = {"name": "songhash", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{56}$"}}
+LINK = {
+    "type": "string",
+    "format": "uri",
+    "maxLength": 2048,
+    "description": "instead of mp3: an http(s) link to the song, fetched by the server (not from private addresses)",
+}
 TRACK = {"name": "track", "in": "path", "required": True, "schema": {"type": "string"}, "description": "`vocals` or `vocals.mp3`"}
 
 
@@ -57,7 +63,7 @@ def spec() -> dict:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "required": ["mp3"],
+                                    "oneOf": [{"required": ["mp3"]}, {"required": ["url"]}],
                                     "properties": {
                                         "mp3": {
                                             "type": "string",
@@ -65,6 +71,7 @@ def spec() -> dict:
                                             "minLength": 4,
                                             "pattern": r"^[A-Za-z0-9+/\r\n]+={0,2}$",
                                         },
+                                        "url": LINK,
                                         **_choices(json_body=True),
                                         "callback": callback,
                                     },
@@ -73,9 +80,10 @@ def spec() -> dict:
                             "multipart/form-data": {
                                 "schema": {
                                     "type": "object",
-                                    "required": ["mp3"],
+                                    "oneOf": [{"required": ["mp3"]}, {"required": ["url"]}],
                                     "properties": {
                                         "mp3": {"type": "string", "contentMediaType": "application/octet-stream"},
+                                        "url": LINK,
                                         **_choices(),
                                         "callback": {"type": "string", "description": "JSON of {url, data}"},
                                     },

@@ -67,8 +67,12 @@ class UploadRequest(Request):
 def from_multipart(files, form, path: Path, limit: int, names: set[str]) -> Upload:
     """A werkzeug-parsed multipart body: the file part `mp3` linked (or copied) to `path`, the named fields as strings."""
     upload = files.get("mp3")
+    if upload is None and form.get("url"):  # a link instead of the song: rest fetches it
+        return Upload({k: v for k, v in form.items() if k in names}, path)
     if upload is None:
-        raise BadUpload("multipart upload needs a file field named mp3 (curl -F mp3=@song.mp3)")
+        raise BadUpload("multipart upload needs a file field named mp3 (curl -F mp3=@song.mp3), or a url field")
+    if form.get("url"):
+        raise BadUpload("send the song (mp3) or a link to it (url), not both")
     stream = upload.stream
     stream.flush()
     size = os.fstat(stream.fileno()).st_size
@@ -110,8 +114,12 @@ def from_json(stream: BinaryIO, path: Path, limit: int) -> Upload:
             raise BadUpload("the body holds more than one JSON object")
     finally:
         song.close()
+    if "url" in fields and song.size:
+        raise BadUpload("send the song (mp3) or a link to it (url), not both")
+    if "url" in fields and "mp3" not in fields:  # a link instead of the song: rest fetches it
+        return Upload(fields, path)
     if "mp3" in fields or not song.size:
-        raise BadUpload("the JSON body needs a field mp3 holding the song as base64")
+        raise BadUpload("the JSON body needs a field mp3 holding the song as base64 (or url: a link to it)")
     return Upload(fields, path, song.size)
 
 
