@@ -326,8 +326,13 @@ def start_rest(settings, processes, **env):
     return Client(f"127.0.0.1:{settings.port}")
 
 
-def stems_stored(settings, songhash):
+def objects_stored(settings, songhash):
+    """Every object of the song in the output bucket: its stems and their peaks."""
     return sorted(p.name for p in (settings.storage_dir / "output").glob(f"{songhash}-*"))
+
+
+def stems_stored(settings, songhash):
+    return [name for name in objects_stored(settings, songhash) if not name.endswith(".peaks.json")]
 
 
 class Receiver:

@@ -8,7 +8,19 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, Receiver, free_port, make_song, msaas_process, start_rest, stems_stored, stop, wait_http, wait_until
+from conftest import (
+    BIN,
+    Receiver,
+    free_port,
+    make_song,
+    msaas_process,
+    objects_stored,
+    start_rest,
+    stems_stored,
+    stop,
+    wait_http,
+    wait_until,
+)
 from msaas import jobs, keys, redisproc
 
 pytestmark = pytest.mark.slow
@@ -30,6 +42,7 @@ def test_a_worker_killed_mid_separation_is_replaced_and_the_job_finishes_once(se
     assert status["state"] == "done" and status["attempts"] == 2
     assert status["tracks"] == ["drums", "bass", "other", "vocals"]
     assert stems_stored(settings, h) == sorted(f"{h}-{t}.mp3" for t in status["tracks"])
+    assert objects_stored(settings, h) == sorted(f"{h}-{t}{ext}" for t in status["tracks"] for ext in (".mp3", ".peaks.json"))
     assert not [p for p in (settings.storage_dir / "output").iterdir() if p.name.startswith(".partial")]
     assert redis_client.llen(keys.QUEUE) == 0
     assert all(redis_client.llen(keys.processing_key(w)) == 0 for w in redis_client.smembers(keys.WORKERS))
@@ -210,7 +223,7 @@ def test_a_song_past_its_retention_is_gone_everywhere_and_is_separated_again_whe
     assert 0 < redis_client.ttl(keys.job_key(h)) <= 4
     status_url = f"{client.base}/apiv1/status/{h}"
     wait_until(lambda: requests.get(status_url, timeout=10).status_code == 404, 30, "the song to expire")
-    wait_until(lambda: not stems_stored(settings, h), 30, "its stems to be swept")
+    wait_until(lambda: not objects_stored(settings, h), 30, "its stems and their peaks to be swept")
     assert [k for k in redis_client.keys("*") if h in k] == [] and redis_client.zscore(keys.EXPIRING, h) is None
     assert requests.get(f"{client.base}/apiv1/track/{h}/vocals", timeout=10).status_code == 404
     assert client.submit(song)["reason"] == "Song enqueued for separation"
