@@ -18,7 +18,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   lscpu | grep -E '^(Model name|CPU\(s\))'
   python3 -c 'import torch, demucs; print("torch", torch.__version__, "demucs", demucs.__version__)'
 } 2>&1 | tee "$OUT/machine.txt"
-timeout 120 python3 bench/forward.py 2>&1 | tee "$OUT/forward.txt"
+timeout 300 python3 bench/forward.py 2>&1 | tee "$OUT/forward.txt"
 python3 bench/speed.py ${BENCH_SECONDS:-30 120 600} 2>&1 | tee "$OUT/speed.txt"
 for seconds in ${BASELINE_SECONDS-600}; do
   ENCODER_THREADS=4 python3 bench/speed.py --no-cli "$seconds" 2>&1 | tee -a "$OUT/speed-one-encoder-per-stem.txt"

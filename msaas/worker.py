@@ -23,6 +23,7 @@ from .jobs import Job, JobQueue, JobState, ModelDirectory, WorkerRegistry
 from .metrics import WorkerMetrics
 from .retention import Retention
 from .separation import (
+    Inference,
     ModelUnavailable,
     Separator,
     SongStream,
@@ -111,7 +112,8 @@ class Worker:
         log.info("loading model %s", name)
         started = time.monotonic()
         try:
-            sep = load_separator(name, self.settings.demucs_repo, self.settings.device)
+            inference = Inference(self.settings.demucs_batch, self.settings.demucs_precision)
+            sep = load_separator(name, self.settings.demucs_repo, self.settings.device, inference)
         except ModelUnavailable as exc:
             self.load_errors[name] = (time.monotonic(), str(exc))
             raise

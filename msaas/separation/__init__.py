@@ -13,13 +13,14 @@ files.py     one song file into stem files, with a report of where the time went
 
 from .devices import cpu_budget, idle_priority, pick_device, torch_threads
 from .encoders import ENCODER_QUEUE, StemEncoders, StemSink, encoding_threads
-from .engine import Emit, ModelUnavailable, Progress, Reading, Separator, WholeSong, load_separator, separate_all
+from .engine import Emit, Inference, ModelUnavailable, Progress, Reading, Separator, WholeSong, load_separator, separate_all
 from .files import SeparationReport, separate_file
 from .song import SongStream, StreamResampler, load_song
 
 __all__ = [
     "ENCODER_QUEUE",
     "Emit",
+    "Inference",
     "ModelUnavailable",
     "Progress",
     "Reading",

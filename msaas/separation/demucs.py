@@ -4,15 +4,25 @@ stretch of stems emitted as soon as no later chunk touches it: memory flat in th
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 
-from .engine import Emit, ModelUnavailable, Reading
+from .. import compat
+from .engine import Emit, Inference, ModelUnavailable, Reading
 from .song import SongStream
+
+log = logging.getLogger("msaas.separation")
+
+# Chunks per forward pass when DEMUCS_BATCH is 0: on a CPU one (a batch saves little there and the numbers stay those of
+# `apply_model`); on a GPU several, which is where one chunk at a time leaves the device idle between small kernels.
+DEFAULT_BATCH = {"cpu": 1, "cuda": 8, "mps": 4}
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class DemucsSeparator:
@@ -20,7 +30,7 @@ class DemucsSeparator:
 
     can_split = True  # its chunks can be computed apart and added afterwards, exactly (ChunkPlan)
 
-    def __init__(self, name: str, repo: Path | None, device: torch.device):
+    def __init__(self, name: str, repo: Path | None, device: torch.device, inference: Inference = Inference()):
         from demucs.pretrained import get_model
 
         try:
@@ -40,6 +50,22 @@ class DemucsSeparator:
         self.samplerate = int(model.samplerate)
         self.forward_s = 0.0  # wall time spent in the model's forward passes, all songs together
         self.only: tuple[list, torch.Tensor] | None = None  # for_track's members and their weights
+        self.batch = inference.batch or DEFAULT_BATCH.get(device.type, 1)
+        self.precision = inference.precision
+        if PRECISIONS[self.precision] is not None:
+            for member in self._members()[0]:
+                if not compat.spectral_in_fp32(member, device.type):
+                    log.warning(
+                        "model %s: %s has no STFT of its own to keep in FP32; it runs wholly in %s",
+                        name,
+                        type(member).__name__,
+                        self.precision,
+                    )
+
+    def _autocast(self):
+        """The layers in DEMUCS_PRECISION (autocast keeps normalizations in FP32; compat keeps the STFT there)."""
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def _members(self) -> tuple[list, torch.Tensor]:
         from demucs.apply import BagOfModels
@@ -75,21 +101,22 @@ class DemucsSeparator:
     def weighted_chunks(
         self, source: ChunkSource, plan: ChunkPlan, chunks: range, progress: Callable[[float], None] = lambda f: None
     ) -> Iterator[torch.Tensor]:
-        """Each chunk's estimate times its crossfade weight, [tracks, 2, n], for the chunks numbered `chunks`."""
-        from demucs.apply import apply_model
-
+        """Each chunk's estimate times its crossfade weight, [tracks, 2, n], for the chunks numbered `chunks`; `batch` of
+        them at a time through the model (the runs of chunks whose numbers share `i // batch`, so that a split song's part
+        batches its chunks as the whole song does)."""
         members, share = self._members()
-        with torch.inference_mode():
-            for done, i in enumerate(chunks, 1):
-                chunk = source(plan.offsets[i], plan.segment_length)
+        done = 0
+        with torch.inference_mode(), self._autocast():
+            for group in batches(chunks, self.batch):
+                taken = [source(plan.offsets[i], plan.segment_length) for i in group]
                 started = time.perf_counter()
-                estimate = sum(
-                    apply_model(member, chunk, shifts=0, split=False, device=self.device)[0].cpu() * share[m]
-                    for m, member in enumerate(members)
-                )
+                outputs = [forward(member, taken, self.device) for member in members]
                 self.forward_s += time.perf_counter() - started
-                yield plan.weight[: estimate.shape[-1]] * estimate
-                progress(done / len(chunks))
+                for k in range(len(group)):
+                    estimate = sum(outputs[m][k] * share[m] for m in range(len(members)))
+                    yield plan.weight[: estimate.shape[-1]] * estimate
+                    done += 1
+                    progress(done / len(chunks))
 
     def warm_up(self) -> None:
         """One chunk of silence through the model: a fresh process's first forward pass costs a few times the next
@@ -122,6 +149,30 @@ class DemucsSeparator:
         chunks = range(len(plan.offsets))
         for start, block in plan.overlap_add(chunks, self.weighted_chunks(source, plan, chunks, progress)):
             emit(plan.stems(block, start, mean, std))
+
+
+def batches(chunks: range, size: int) -> Iterator[range]:
+    """`chunks` cut where a chunk's number is a multiple of `size`."""
+    start = chunks.start
+    while start < chunks.stop:
+        stop = min(chunks.stop, (start // size + 1) * size)
+        yield range(start, stop)
+        start = stop
+
+
+def forward(model, chunks: list, device: torch.device) -> list[torch.Tensor]:
+    """What `apply_model(model, chunk, split=False, shifts=0)` gives for each chunk ([tracks, 2, chunk length], on the
+    CPU, FP32), the chunks padded to the same length run as one batch."""
+    from demucs.utils import center_trim
+
+    valid = [model.valid_length(c.length) if hasattr(model, "valid_length") else c.length for c in chunks]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
+    for length in dict.fromkeys(valid):
+        which = [k for k, v in enumerate(valid) if v == length]
+        result = model(torch.cat([chunks[k].padded(length) for k in which]).to(device)).float().cpu()
+        for j, k in enumerate(which):
+            out[k] = center_trim(result[j], chunks[k].length)
+    return out
 
 
 class ChunkPlan:

@@ -84,13 +84,22 @@ def separate_all(separator: Separator, mix: torch.Tensor, progress: Callable[[fl
     return torch.cat(blocks, dim=-1)
 
 
-def load_separator(name: str, repo: Path | None = None, device: str = "auto") -> Separator:
+@dataclass(frozen=True)
+class Inference:
+    """How a Demucs model runs its chunks: `batch` of them per forward pass (DEMUCS_BATCH; 0: the device's default) in
+    `precision` (DEMUCS_PRECISION: fp32, fp16 or bf16; the STFT, iSTFT and normalizations stay FP32)."""
+
+    batch: int = 0
+    precision: str = "fp32"
+
+
+def load_separator(name: str, repo: Path | None = None, device: str = "auto", inference: Inference = Inference()) -> Separator:
     """The engine the model table names for `name`, its weights loaded (from `repo`, a DEMUCS_REPO, when given)."""
     members = models.ensemble_members(name)
     if members:
         from .ensemble import Ensemble
 
-        return Ensemble(name, [load_separator(m, repo, device) for m in members])
+        return Ensemble(name, [load_separator(m, repo, device, inference) for m in members])
     info = models.catalog(repo).get(name)
     if info is None:
         raise ModelUnavailable(f"unknown model {name!r}; known: {', '.join(sorted(models.catalog(repo)))}")
@@ -104,4 +113,4 @@ def load_separator(name: str, repo: Path | None = None, device: str = "auto") ->
         return RoformerSeparator(name, repo, pick_device(device))
     from .demucs import DemucsSeparator
 
-    return DemucsSeparator(name, repo, pick_device(device))
+    return DemucsSeparator(name, repo, pick_device(device), inference)

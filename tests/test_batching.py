@@ -1,0 +1,83 @@
+"""DEMUCS_BATCH and DEMUCS_PRECISION (#20): chunks run several at a time through the model, and in FP16/BF16, against the
+chunk-at-a-time FP32 path that `apply_model` takes; on the tiny model, on the CPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, make_song
+from msaas.separation import Inference, SongStream, load_separator
+from msaas.separation.demucs import batches
+from msaas.splitting import make_plan, separate_part, stitch
+
+
+def error_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * np.log10(float(((a - b) ** 2).sum()) / float((b**2).sum()) + 1e-30)
+
+
+def stems(sep, song) -> torch.Tensor:
+    out = []
+    sep.stream_song(SongStream(song, sep.samplerate), lambda block: out.append(block.clone()))
+    return torch.cat(out, dim=-1)
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory):
+    return make_song(tmp_path_factory.mktemp("batch") / "song.mp3", seconds=14.3, seed=8)  # 5 chunks of the tiny model
+
+
+def test_chunks_are_batched_in_runs_aligned_to_the_batch_size():
+    assert list(batches(range(0, 7), 3)) == [range(0, 3), range(3, 6), range(6, 7)]
+    assert list(batches(range(4, 11), 3)) == [range(4, 6), range(6, 9), range(9, 11)]  # a part: cut where the song is
+    assert list(batches(range(2, 3), 8)) == [range(2, 3)]
+    assert list(batches(range(0, 5), 1)) == [range(k, k + 1) for k in range(5)]
+
+
+def test_the_cpu_default_is_one_chunk_at_a_time(tiny_repo):
+    assert load_separator(TINY, tiny_repo, "cpu").batch == 1
+    assert load_separator(TINY, tiny_repo, "cpu", Inference(batch=4)).batch == 4
+
+
+@pytest.mark.parametrize("batch", [2, 3, 8])
+def test_batched_chunks_equal_unbatched_within_60_db(tiny_repo, song, batch):
+    one = stems(load_separator(TINY, tiny_repo, "cpu"), song)
+    batched_sep = load_separator(TINY, tiny_repo, "cpu", Inference(batch=batch))
+    batched = stems(batched_sep, song)
+    assert batched.shape == one.shape  # the song's exact length
+    db = error_db(batched, one)
+    print(f"batch {batch}: {db:.1f} dB from one chunk at a time")
+    assert db < -60
+    assert torch.equal(stems(batched_sep, song), batched)  # deterministic for a given batch
+
+
+def test_a_split_song_batched_is_stitched_to_the_whole_songs_stems(tiny_repo, song, tmp_path):
+    """Parts batch their chunks where the whole song does (runs aligned to the batch size); a batch cut short at a part's
+    edge may round differently (not bit for bit, as one chunk at a time is), far below what anyone hears."""
+    sep = load_separator(TINY, tiny_repo, "cpu", Inference(batch=3))
+    plan = make_plan(sep, SongStream(song, sep.samplerate), 3)
+    for k in range(3):
+        separate_part(sep, song, plan, k, tmp_path / f"p{k}", lambda f: None)
+    got = []
+
+    class Sink:
+        put = staticmethod(lambda block: got.append(block.clone()))
+        finish = staticmethod(lambda: None)
+
+    stitch(sep, plan, lambda k: tmp_path / f"p{k}", Sink)
+    stitched = torch.cat(got, dim=-1)
+    whole = stems(sep, song)
+    db = error_db(stitched, whole)
+    print(f"split and batched: {db:.1f} dB from the whole song batched")
+    assert stitched.shape == whole.shape and db < -100
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_lower_precision_is_reported_against_fp32(tiny_repo, song, precision):
+    full = stems(load_separator(TINY, tiny_repo, "cpu"), song)
+    low_sep = load_separator(TINY, tiny_repo, "cpu", Inference(precision=precision))
+    low = stems(low_sep, song)
+    assert low.dtype == torch.float32 and low.shape == full.shape
+    db = error_db(low, full)
+    print(f"{precision}: {db:.1f} dB from fp32")  # the figure BENCHMARKS.md reports for the full model
+    assert db < -20  # the same stems, at the precision's own error (a wrong cast would be near 0 dB)
+    assert torch.equal(stems(low_sep, song), low)  # deterministic for a given precision
