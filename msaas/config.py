@@ -81,6 +81,16 @@ def _precision(raw: str) -> str:
     return value
 
 
+ENGINES = ("auto", "torch", "onnx")
+
+
+def _engine(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ENGINES:
+        raise ConfigError(f"DEMUCS_ENGINE must be one of {', '.join(ENGINES)}, not {raw!r}")
+    return value
+
+
 def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
@@ -108,6 +118,7 @@ class Settings:
     encoder_threads: int = 0  # stems' encoders; 0: one per stem beside a model on the CPU, every CPU beside one on a GPU
     demucs_batch: int = 0  # Demucs chunks run together in one forward pass; 0: the device's default (separation/demucs.py)
     demucs_precision: str = "fp32"  # fp32, fp16 or bf16 for a Demucs model's layers (its STFT and norms stay FP32)
+    demucs_engine: str = "auto"  # torch, onnx (ONNX Runtime, CPU), or auto: whichever runs a chunk faster at warm-up
     hostname: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
     log_stdout: bool = True  # off under `msaas up`, where the logs tail prints every line once
@@ -215,6 +226,7 @@ VARIABLES: dict[str, Var] = {
     "encoder_threads": Var("ENCODER_THREADS", _int("ENCODER_THREADS")),
     "demucs_batch": Var("DEMUCS_BATCH", _int("DEMUCS_BATCH", least=0)),
     "demucs_precision": Var("DEMUCS_PRECISION", _precision),
+    "demucs_engine": Var("DEMUCS_ENGINE", _engine),
     "hostname": Var("HOSTNAME", written=False),  # each process's own
     "log_level": Var("LOG_LEVEL", str.upper),
     "log_stdout": Var("LOG_STDOUT", lambda raw: _flag(raw, default=True), _flag_text),

@@ -112,7 +112,7 @@ class Worker:
         log.info("loading model %s", name)
         started = time.monotonic()
         try:
-            inference = Inference(self.settings.demucs_batch, self.settings.demucs_precision)
+            inference = Inference(self.settings.demucs_batch, self.settings.demucs_precision, self.settings.demucs_engine)
             sep = load_separator(name, self.settings.demucs_repo, self.settings.device, inference)
         except ModelUnavailable as exc:
             self.load_errors[name] = (time.monotonic(), str(exc))

@@ -251,6 +251,7 @@ def settings(redis_server, tiny_repo, tmp_path) -> Settings:
         max_duration_s=60,
         port=free_port(),
         torch_threads=1,
+        demucs_engine="torch",  # the default (auto) measures both engines at each worker's start: tests/test_inference.py
     )
 
 

@@ -52,6 +52,10 @@ class DemucsSeparator:
         self.only: tuple[list, torch.Tensor] | None = None  # for_track's members and their weights
         self.batch = inference.batch or DEFAULT_BATCH.get(device.type, 1)
         self.precision = inference.precision
+        self.engine = "torch"  # what runs the networks: torch, or onnx (ONNX Runtime)
+        self.onnx = self._onnx(inference.engine)
+        if self.onnx is not None and inference.engine == "onnx":
+            self.engine = "onnx"
         if PRECISIONS[self.precision] is not None:
             for member in self._members()[0]:
                 if not compat.spectral_in_fp32(member, device.type):
@@ -61,6 +65,33 @@ class DemucsSeparator:
                         type(member).__name__,
                         self.precision,
                     )
+
+    def _onnx(self, engine: str):
+        """The networks on ONNX Runtime when `engine` asks for them (onnx, or auto to be measured) and they can run there."""
+        from .onnxrt import OnnxNetworks, OnnxUnavailable
+
+        if engine == "torch":
+            return None
+        if self.device.type != "cpu" or self.precision != "fp32":
+            if engine == "onnx":
+                log.warning(
+                    "model %s: ONNX Runtime runs FP32 on the CPU here; torch runs it on %s in %s",
+                    self.name,
+                    self.device,
+                    self.precision,
+                )
+            return None
+        try:
+            return OnnxNetworks(self._members()[0], self.chunk_plan(1).segment_length, torch.get_num_threads())
+        except Exception as exc:  # not installed, not an HTDemucs, an export that failed: the torch path still works
+            level = logging.WARNING if engine == "onnx" or not isinstance(exc, OnnxUnavailable) else logging.INFO
+            log.log(level, "model %s stays on torch: %s", self.name, exc)
+            return None
+
+    def _forward(self, member, chunks: list) -> list[torch.Tensor]:
+        if self.engine == "onnx":
+            return self.onnx.forward(member, chunks)
+        return forward(member, chunks, self.device)
 
     def _autocast(self):
         """The layers in DEMUCS_PRECISION (autocast keeps normalizations in FP32; compat keeps the STFT there)."""
@@ -110,7 +141,7 @@ class DemucsSeparator:
             for group in batches(chunks, self.batch):
                 taken = [source(plan.offsets[i], plan.segment_length) for i in group]
                 started = time.perf_counter()
-                outputs = [forward(member, taken, self.device) for member in members]
+                outputs = [self._forward(member, taken) for member in members]
                 self.forward_s += time.perf_counter() - started
                 for k in range(len(group)):
                     estimate = sum(outputs[m][k] * share[m] for m in range(len(members)))
@@ -120,10 +151,34 @@ class DemucsSeparator:
 
     def warm_up(self) -> None:
         """One chunk of silence through the model: a fresh process's first forward pass costs a few times the next
-        ones (kernels picked and memory laid out for these shapes), which would otherwise land on the first song."""
+        ones (kernels picked and memory laid out for these shapes), which would otherwise land on the first song.
+        With DEMUCS_ENGINE=auto, a chunk through each engine, twice, and the faster one's second pass decides."""
         plan = self.chunk_plan(self.chunk_plan(1).segment_length)
-        for _ in self.weighted_chunks(whole(torch.zeros(2, plan.length)), plan, range(1)):
-            pass
+        silence = whole(torch.zeros(2, plan.length))
+
+        def chunk_s() -> float:
+            started = self.forward_s
+            for _ in self.weighted_chunks(silence, plan, range(1)):
+                pass
+            return self.forward_s - started
+
+        if self.onnx is not None and self.engine == "torch":  # auto: measured here, on this machine, with these threads
+            timed = {}
+            for engine in ("torch", "onnx"):
+                self.engine = engine
+                chunk_s()
+                timed[engine] = chunk_s()
+            self.engine = min(timed, key=timed.get)
+            if self.engine == "torch":
+                self.onnx = None
+            log.info(
+                "model %s: a chunk takes %.2f s on torch, %.2f s on ONNX Runtime: %s runs it",
+                self.name,
+                timed["torch"],
+                timed["onnx"],
+                self.engine,
+            )
+        chunk_s()
         self.forward_s = 0.0
 
     def stream(self, mix: torch.Tensor, emit: Emit, progress: Callable[[float], None] = lambda f: None) -> None:

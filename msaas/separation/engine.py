@@ -87,10 +87,12 @@ def separate_all(separator: Separator, mix: torch.Tensor, progress: Callable[[fl
 @dataclass(frozen=True)
 class Inference:
     """How a Demucs model runs its chunks: `batch` of them per forward pass (DEMUCS_BATCH; 0: the device's default) in
-    `precision` (DEMUCS_PRECISION: fp32, fp16 or bf16; the STFT, iSTFT and normalizations stay FP32)."""
+    `precision` (DEMUCS_PRECISION: fp32, fp16 or bf16; the STFT, iSTFT and normalizations stay FP32), on `engine`
+    (DEMUCS_ENGINE: torch, onnx for ONNX Runtime on the CPU, or auto: whichever runs a chunk faster at warm-up)."""
 
     batch: int = 0
     precision: str = "fp32"
+    engine: str = "torch"
 
 
 def load_separator(name: str, repo: Path | None = None, device: str = "auto", inference: Inference = Inference()) -> Separator:

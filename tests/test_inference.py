@@ -1,11 +1,11 @@
-"""DEMUCS_BATCH and DEMUCS_PRECISION (#20): chunks run several at a time through the model, and in FP16/BF16, against the
-chunk-at-a-time FP32 path that `apply_model` takes; on the tiny model, on the CPU."""
+"""DEMUCS_BATCH, DEMUCS_PRECISION and DEMUCS_ENGINE (#20): chunks run several at a time through the model, in FP16/BF16,
+and on ONNX Runtime, against the chunk-at-a-time FP32 torch path that `apply_model` takes; on the tiny model, on the CPU."""
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, make_song
+from conftest import TINY, make_song, msaas_process, start_rest, wait_until
 from msaas.separation import Inference, SongStream, load_separator
 from msaas.separation.demucs import batches
 from msaas.splitting import make_plan, separate_part, stitch
@@ -81,3 +81,57 @@ def test_lower_precision_is_reported_against_fp32(tiny_repo, song, precision):
     print(f"{precision}: {db:.1f} dB from fp32")  # the figure BENCHMARKS.md reports for the full model
     assert db < -20  # the same stems, at the precision's own error (a wrong cast would be near 0 dB)
     assert torch.equal(stems(low_sep, song), low)  # deterministic for a given precision
+
+
+@pytest.fixture
+def onnx_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints" / "msaas-onnx"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_onnx_engine_gives_torchs_stems_within_60_db(tiny_repo, song, onnx_cache, batch):
+    on_torch = stems(load_separator(TINY, tiny_repo, "cpu", Inference(batch=batch)), song)
+    sep = load_separator(TINY, tiny_repo, "cpu", Inference(batch=batch, engine="onnx"))
+    assert sep.engine == "onnx"
+    on_onnx = stems(sep, song)
+    assert on_onnx.shape == on_torch.shape
+    db = error_db(on_onnx, on_torch)
+    print(f"onnx, batch {batch}: {db:.1f} dB from torch")
+    assert db < -60
+    assert torch.equal(stems(sep, song), on_onnx)  # deterministic
+    (exported,) = onnx_cache.glob("htdemucs-*.onnx")  # exported once, kept by its weights' digest
+    made = exported.stat().st_mtime_ns
+    load_separator(TINY, tiny_repo, "cpu", Inference(engine="onnx"))
+    assert exported.stat().st_mtime_ns == made and len(list(onnx_cache.iterdir())) == 1
+
+
+def test_a_bag_of_specialists_runs_only_the_tracks_members_on_onnx(tiny_repo, song, onnx_cache):
+    from conftest import TINY_FT
+
+    bag = load_separator(TINY_FT, tiny_repo, "cpu", Inference(engine="onnx"))
+    vocals = bag.for_track("vocals")
+    a, b = stems(vocals, song), stems(load_separator(TINY_FT, tiny_repo, "cpu").for_track("vocals"), song)
+    assert error_db(a, b) < -60
+
+
+def test_auto_measures_both_engines_and_keeps_the_faster(tiny_repo, onnx_cache):
+    sep = load_separator(TINY, tiny_repo, "cpu", Inference(engine="auto"))
+    assert sep.engine == "torch" and sep.onnx is not None  # not chosen before it is measured
+    sep.warm_up()
+    assert sep.engine in ("torch", "onnx") and (sep.onnx is not None) == (sep.engine == "onnx")
+    assert sep.forward_s == 0.0
+    # where ONNX Runtime cannot run the model (another device, another precision), auto is torch without measuring
+    low = load_separator(TINY, tiny_repo, "cpu", Inference(engine="auto", precision="bf16"))
+    assert low.engine == "torch" and low.onnx is None
+
+
+def test_a_worker_on_the_default_engine_says_which_it_measured_faster(settings, processes, tmp_path, onnx_cache):
+    log = tmp_path / "worker.log"
+    auto = settings.with_(demucs_engine="auto")
+    client = start_rest(auto, processes)
+    processes.append(msaas_process("worker", auto, log=log, TORCH_HOME=str(onnx_cache.parents[2])))
+    h = client.submit(make_song(tmp_path / "s.mp3", seconds=2, seed=9))["hash"]
+    assert wait_until(lambda: client.status(h)["state"] == "done", 120, "the job")
+    said = log.read_text()
+    assert "on ONNX Runtime:" in said and ("torch runs it" in said or "onnx runs it" in said), said[-2000:]

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""htdemucs on ONNX Runtime against htdemucs on torch (DEMUCS_ENGINE=onnx / torch), on the same song, each in a fresh
+process: forward passes per audio-minute (the part the engine changes), the whole separation, peak RSS, and the
+difference between their stems in dB (FLAC stems, so that no MP3 encoding hides or adds a difference).
+
+Full-size htdemucs with random weights (compute does not depend on the weights), loaded through `load_separator` from a
+model directory as a worker loads it; the export to ONNX happens once, in a warm-up process, before anything is timed.
+Runs go A B B A (ROUNDS times); the table gives medians and ONNX's speed-up over torch (the goal: 1.2x on the forward
+passes). Threads: the process's CPU budget for both (torch's intra-op threads, ONNX Runtime's intra-op threads).
+
+Usage: python bench/onnx_engine.py [--rounds N] [SECONDS]   (default: 1 round of 60 s; make bench-speed: 30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from worker_memory import full_size_htdemucs, song  # noqa: E402
+
+ENGINES = ["torch", "onnx"]
+
+
+def one(engine: str, seconds: int, out: Path) -> None:
+    """In this (fresh) process: warm up, separate into `out`, print a JSON line."""
+    import resource
+
+    import torch
+
+    from msaas import audio
+    from msaas.separation import Inference, cpu_budget, load_separator, separate_file
+
+    torch.set_num_threads(cpu_budget())
+    sep = load_separator("htdemucs", full_size_htdemucs(), "cpu", Inference(engine=engine))
+    assert sep.engine == engine, f"asked for {engine}, got {sep.engine}"
+    sep.warm_up()
+    out.mkdir(parents=True, exist_ok=True)
+    report = separate_file(sep, song(seconds), out, audio.OutputOptions("flac"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    total = report.read_s + report.separate_s + report.drain_s
+    print(json.dumps({"seconds": total, "forward_s": report.forward_s, "peak_mb": peak, "audio_s": report.seconds}))
+
+
+def difference_db(a_dir: Path, b_dir: Path) -> float:
+    import numpy as np
+
+    from msaas import audio
+
+    error = energy = 0.0
+    for path in sorted(a_dir.glob("*.flac")):
+        a, b = audio.decode(path)[0].astype(np.float64), audio.decode(b_dir / path.name)[0].astype(np.float64)
+        error += float(((a - b) ** 2).sum())
+        energy += float((b**2).sum())
+    return 10 * np.log10(error / energy) if error else float("-inf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("seconds", nargs="?", type=int, default=60)
+    args = parser.parse_args()
+    if args.one:
+        one(args.one, args.seconds, Path(args.out))
+        return
+    full_size_htdemucs()
+    song(args.seconds)
+    work = Path(tempfile.mkdtemp(prefix="msaas-onnx-bench-"))
+
+    def run(engine: str, seconds: int) -> dict:
+        cmd = [sys.executable, __file__, "--one", engine, "--out", str(work / engine), str(seconds)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{engine} failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    run("onnx", 10)  # the export, once, outside the timed runs
+    results: dict[str, list[dict]] = {name: [] for name in ENGINES}
+    for name in (ENGINES + ENGINES[::-1]) * args.rounds:
+        result = run(name, args.seconds)
+        results[name].append(result)
+        print(f"  {name}: {result['seconds']:.1f} s, forward passes {result['forward_s']:.1f} s, peak {result['peak_mb']:.0f} MB")
+    print(f"\n{args.seconds} s song, {2 * args.rounds} runs each (medians), CPU, full-size htdemucs (random weights):")
+    print(f"{'engine':8} {'forward s/audio-min':>20} {'whole s/audio-min':>18} {'peak RSS MB':>12}")
+    medians = {}
+    for name in ENGINES:
+        runs = results[name]
+        minutes = runs[0]["audio_s"] / 60
+        medians[name] = (statistics.median(r["forward_s"] for r in runs), statistics.median(r["seconds"] for r in runs))
+        peak = statistics.median(r["peak_mb"] for r in runs)
+        print(f"{name:8} {medians[name][0] / minutes:20.1f} {medians[name][1] / minutes:18.1f} {peak:12.0f}")
+    print(
+        f"ONNX Runtime against torch: forward passes {medians['torch'][0] / medians['onnx'][0]:.2f}x as fast, the whole "
+        f"separation {medians['torch'][1] / medians['onnx'][1]:.2f}x; stems {difference_db(work / 'onnx', work / 'torch'):.1f} dB apart"
+    )
+
+
+if __name__ == "__main__":
+    main()
