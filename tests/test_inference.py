@@ -51,8 +51,8 @@ def test_batched_chunks_equal_unbatched_within_60_db(tiny_repo, song, batch):
 
 
 def test_a_split_song_batched_is_stitched_to_the_whole_songs_stems(tiny_repo, song, tmp_path):
-    """Parts batch their chunks where the whole song does (runs aligned to the batch size); a batch cut short at a part's
-    edge may round differently (not bit for bit, as one chunk at a time is), far below what anyone hears."""
+    """Parts batch their chunks as they come, in batches of one size (a short one filled with silence): a chunk's numbers
+    then differ only in their last bits with its place in the batch (threads split a batch by position)."""
     sep = load_separator(TINY, tiny_repo, "cpu", Inference(batch=3))
     plan = make_plan(sep, SongStream(song, sep.samplerate), 3)
     for k in range(3):
@@ -64,11 +64,46 @@ def test_a_split_song_batched_is_stitched_to_the_whole_songs_stems(tiny_repo, so
         finish = staticmethod(lambda: None)
 
     stitch(sep, plan, lambda k: tmp_path / f"p{k}", Sink)
-    stitched = torch.cat(got, dim=-1)
-    whole = stems(sep, song)
+    stitched, whole = torch.cat(got, dim=-1), stems(sep, song)
     db = error_db(stitched, whole)
     print(f"split and batched: {db:.1f} dB from the whole song batched")
-    assert stitched.shape == whole.shape and db < -100
+    assert stitched.shape == whole.shape and db < -120
+
+
+def test_songs_in_flight_together_share_batches_and_each_gets_its_stems_as_alone(tiny_repo, tmp_path):
+    import threading
+
+    sep = load_separator(TINY, tiny_repo, "cpu", Inference(batch=8))
+    songs = [make_song(tmp_path / f"s{k}.mp3", seconds=s, seed=20 + k) for k, s in enumerate((9.1, 5.2, 7.3))]
+    alone = [stems(sep, s) for s in songs]
+    sep.share_batches(linger_s=2.0)  # time enough for every song's first chunks to be read on a busy test machine
+    streams = [SongStream(s, sep.samplerate) for s in songs]
+    start = threading.Barrier(len(songs))
+    together: list = [None] * len(songs)
+    errors = []
+
+    def separate(k):
+        try:
+            out = []
+            start.wait()
+            sep.stream_song(streams[k], lambda block: out.append(block.clone()))
+            together[k] = torch.cat(out, dim=-1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=separate, args=(k,)) for k in range(len(songs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert errors == []
+    for got, expected in zip(together, alone, strict=True):
+        assert got.shape == expected.shape
+        db = error_db(got, expected)
+        print(f"in flight: {db:.1f} dB from alone")
+        assert db < -120  # as alone, but for the last bits of a chunk's place in its batch
+    # 4 + 2 + 3 chunks, each song's fewer than a batch of 8: they ran together
+    assert sep.shared.batches < len(songs) and sep.shared.mixed >= 1, (sep.shared.batches, sep.shared.mixed)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

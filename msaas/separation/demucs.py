@@ -52,6 +52,7 @@ class DemucsSeparator:
         self.only: tuple[list, torch.Tensor] | None = None  # for_track's members and their weights
         self.batch = inference.batch or DEFAULT_BATCH.get(device.type, 1)
         self.precision = inference.precision
+        self.shared = None  # SharedBatches, once songs in flight together share this model (share_batches)
         self.engine = "torch"  # what runs the networks: torch, or onnx (ONNX Runtime)
         self.onnx = self._onnx(inference.engine)
         if self.onnx is not None and inference.engine == "onnx":
@@ -89,9 +90,23 @@ class DemucsSeparator:
             return None
 
     def _forward(self, member, chunks: list) -> list[torch.Tensor]:
+        if self.shared is not None:  # songs in flight together: their chunks share batches
+            return self.shared(member, chunks)
+        return self._run(member, chunks)
+
+    def _run(self, member, chunks: list) -> list[torch.Tensor]:
+        size = self.batch if self.batch > 1 else 0  # batches of one size: numbers that do not depend on the batching
         if self.engine == "onnx":
-            return self.onnx.forward(member, chunks)
-        return forward(member, chunks, self.device)
+            return self.onnx.forward(member, chunks, size)
+        return forward(member, chunks, self.device, size)
+
+    def share_batches(self, linger_s: float | None = None) -> None:
+        """Let the songs separated at once in this process (worker lanes, JOBS_IN_FLIGHT) put their chunks in the same
+        batches: a view for one track (`for_track`) made after this shares them too."""
+        from .inflight import LINGER_S, SharedBatches
+
+        if self.shared is None:
+            self.shared = SharedBatches(self.batch, self._run, LINGER_S if linger_s is None else linger_s)
 
     def _autocast(self):
         """The layers in DEMUCS_PRECISION (autocast keeps normalizations in FP32; compat keeps the STFT there)."""
@@ -215,19 +230,28 @@ def batches(chunks: range, size: int) -> Iterator[range]:
         start = stop
 
 
-def forward(model, chunks: list, device: torch.device) -> list[torch.Tensor]:
+def forward(model, chunks: list, device: torch.device, size: int = 0) -> list[torch.Tensor]:
     """What `apply_model(model, chunk, split=False, shifts=0)` gives for each chunk ([tracks, 2, chunk length], on the
-    CPU, FP32), the chunks padded to the same length run as one batch."""
+    CPU, FP32), the chunks padded to the same length run as one batch, of `size` (filled with silence) when it is more:
+    a batch of one size gives each chunk the same numbers whatever shares it, so a song's stems do not depend on how its
+    chunks were batched (a split song's parts, songs in flight together)."""
     from demucs.utils import center_trim
 
     valid = [model.valid_length(c.length) if hasattr(model, "valid_length") else c.length for c in chunks]
     out: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
     for length in dict.fromkeys(valid):
         which = [k for k, v in enumerate(valid) if v == length]
-        result = model(torch.cat([chunks[k].padded(length) for k in which]).to(device)).float().cpu()
+        mix = padded_batch([chunks[k].padded(length) for k in which], size)
+        result = model(mix.to(device)).float().cpu()
         for j, k in enumerate(which):
             out[k] = center_trim(result[j], chunks[k].length)
     return out
+
+
+def padded_batch(mixes: list[torch.Tensor], size: int) -> torch.Tensor:
+    """[1, 2, n] mixes as one [max(size, count), 2, n] batch, silence after them."""
+    missing = size - len(mixes)
+    return torch.cat(mixes + ([torch.zeros(missing, *mixes[0].shape[1:])] if missing > 0 else []))
 
 
 class ChunkPlan:

@@ -46,7 +46,8 @@ def _export(core: torch.nn.Module, before, segment_length: int, path: Path) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkstemp(dir=path.parent, suffix=".part")[1])
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        # grad on: with it off, nn.MultiheadAttention takes its fused fast path, which has no ONNX form
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             torch.onnx.export(
                 core,
@@ -93,12 +94,15 @@ class OnnxNetworks:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.parts[id(member)] = (before, session, after)
 
-    def forward(self, member: torch.nn.Module, chunks: list) -> list[torch.Tensor]:
-        """`member` on these chunks, as `demucs.forward` gives them: [tracks, 2, chunk length] each, FP32 on the CPU."""
+    def forward(self, member: torch.nn.Module, chunks: list, size: int = 0) -> list[torch.Tensor]:
+        """`member` on these chunks, as `demucs.forward` gives them: [tracks, 2, chunk length] each, FP32 on the CPU, in a
+        batch of `size` when that is more (padded with silence)."""
         from demucs.utils import center_trim
 
+        from .demucs import padded_batch
+
         before, session, after = self.parts[id(member)]
-        mix = torch.cat([c.padded(self.segment_length) for c in chunks])
+        mix = padded_batch([c.padded(self.segment_length) for c in chunks], size)
         z, magnitude = before(mix)
         time_branch, spectrogram = session.run(None, {"mix": mix.numpy(), "magnitude": magnitude.numpy()})
         out = after(z, torch.from_numpy(spectrogram), torch.from_numpy(time_branch), self.segment_length)
