@@ -118,6 +118,7 @@ class Settings:
     encoder_threads: int = 0  # stems' encoders; 0: one per stem beside a model on the CPU, every CPU beside one on a GPU
     demucs_batch: int = 0  # Demucs chunks run together in one forward pass; 0: the device's default (separation/demucs.py)
     demucs_precision: str = "fp32"  # fp32, fp16 or bf16 for a Demucs model's layers (its STFT and norms stay FP32)
+    jobs_in_flight: int = 0  # songs one worker separates at once (their chunks share batches); 0: 1 on a CPU, 4 on a GPU
     demucs_engine: str = "auto"  # torch, onnx (ONNX Runtime, CPU), or auto: whichever runs a chunk faster at warm-up
     hostname: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
@@ -227,6 +228,7 @@ VARIABLES: dict[str, Var] = {
     "demucs_batch": Var("DEMUCS_BATCH", _int("DEMUCS_BATCH", least=0)),
     "demucs_precision": Var("DEMUCS_PRECISION", _precision),
     "demucs_engine": Var("DEMUCS_ENGINE", _engine),
+    "jobs_in_flight": Var("JOBS_IN_FLIGHT", _int("JOBS_IN_FLIGHT", least=0)),
     "hostname": Var("HOSTNAME", written=False),  # each process's own
     "log_level": Var("LOG_LEVEL", str.upper),
     "log_stdout": Var("LOG_STDOUT", lambda raw: _flag(raw, default=True), _flag_text),

@@ -30,6 +30,7 @@ from .separation import (
     StemSink,
     cpu_budget,
     load_separator,
+    pick_device,
     separate_file,
     torch_threads,
 )
@@ -65,6 +66,14 @@ class Handled:
         return self.tracks is not None
 
 
+@dataclass
+class Lane:
+    """A job being processed, and when its progress last moved."""
+
+    job: Job
+    moved_at: float
+
+
 class GraceOver(BaseException):
     """Raised from a job's progress report once SIGTERM's grace period is over: not an error of the job's, so it is a
     BaseException that no `except Exception` on its way up can take for one."""
@@ -74,6 +83,7 @@ class ResultsNotStored(RuntimeError):
     """The object store would not take a job's results after several tries."""
 
 
+GPU_JOBS_IN_FLIGHT = 4  # songs in flight on a GPU worker by default: their chunks fill its batches (JOBS_IN_FLIGHT)
 MODELS_KEPT = 2  # the default model and the last other one used: each holds hundreds of MB
 
 
@@ -95,14 +105,36 @@ class Worker:
         self.stopping = threading.Event()
         self.grace_over = threading.Event()  # SIGTERM's grace period has run out: the current job stops at its next progress
         self.outage_backoff_s = 0.0
-        self.current: Job | None = None  # the job being processed, and when its progress last moved (the watchdog's)
-        self.moved_at = time.monotonic()
+        # The jobs being processed, by the thread of the lane running each, and when its progress last moved (the
+        # watchdog's): one lane, the main thread's, unless JOBS_IN_FLIGHT asks for more.
+        self.running: dict[int, Lane] = {}
+        self.claiming = threading.Lock()  # lanes claim one at a time (and recover stranded jobs only when none holds one)
+        self.loading = threading.Lock()  # a model is loaded once, whichever lane needs it first
+        on_gpu = not settings.jobs_in_flight and pick_device(settings.device).type != "cpu"
+        self.lanes = settings.jobs_in_flight or (GPU_JOBS_IN_FLIGHT if on_gpu else 1)
         self.metrics = WorkerMetrics()
         self.published: dict[str, dict] = {}
+
+    @property
+    def current(self) -> Job | None:
+        """This lane's job (the calling thread's)."""
+        lane = self.running.get(threading.get_ident())
+        return lane.job if lane else None
+
+    def _moved(self, every: bool = False) -> None:
+        """The calling lane's job moves (or every lane's: a model loading, which they all wait on, is not a stall)."""
+        now = time.monotonic()
+        for ident, lane in list(self.running.items()):
+            if every or ident == threading.get_ident():
+                lane.moved_at = now
 
     # --- models ----------------------------------------------------------------------------
     def separator(self, name: str) -> Separator:
         """Each model is loaded once per worker; a failed load is remembered for a while, not retried per job."""
+        with self.loading:
+            return self._separator(name)
+
+    def _separator(self, name: str) -> Separator:
         if name in self.separators:
             self.separators[name] = self.separators.pop(name)  # most recently used last
             return self.separators[name]
@@ -118,13 +150,15 @@ class Worker:
             self.load_errors[name] = (time.monotonic(), str(exc))
             raise
         sep.warm_up()
+        if self.lanes > 1:
+            sep.share_batches()
         log.info("model %s loaded in %.1f s (tracks %s)", name, time.monotonic() - started, ", ".join(sep.tracks))
         while len(self.separators) >= MODELS_KEPT:
             unused = next((n for n in self.separators if n != self.settings.demucs_model), next(iter(self.separators)))
             log.info("unloading model %s", unused)
             del self.separators[unused]
         self.separators[name] = sep
-        self.moved_at = time.monotonic()  # a first load (a download) is not the job stalling
+        self._moved(every=True)  # a first load (a download) is not the job stalling
         self.publish_models()
         return sep
 
@@ -165,14 +199,16 @@ class Worker:
         """The heartbeat says the process lives; this says its job moves. A job whose progress has not moved for
         JOB_STALL_S is given back (the attempt counts) and the process exits, to be restarted (by Kubernetes, or
         `msaas up`): a thread stuck in native code cannot be stopped any other way."""
-        job, still_s = self.current, time.monotonic() - self.moved_at
-        if job is None or not self.settings.job_stall_s or still_s < self.settings.job_stall_s:
+        now, limit = time.monotonic(), self.settings.job_stall_s
+        stalled = [(lane.job, now - lane.moved_at) for lane in list(self.running.values()) if now - lane.moved_at >= limit]
+        if not limit or not stalled:
             return
-        log.error("job %s: no progress for %.0f s; giving it back and restarting this worker", job.songhash, still_s)
-        with self.giving_back:
-            requeued = self.jobs.give_back(self.name, job, refund=False, why=f"no progress for {still_s:.0f} s")
-        self._given_back([(job, requeued)])
-        self.registry.retire(self.name)
+        for job, still_s in stalled:
+            log.error("job %s: no progress for %.0f s; giving it back and restarting this worker", job.songhash, still_s)
+            with self.giving_back:
+                requeued = self.jobs.give_back(self.name, job, refund=False, why=f"no progress for {still_s:.0f} s")
+            self._given_back([(job, requeued)])
+        self.registry.retire(self.name)  # the other lanes' jobs go back too, their attempts refunded
         logging.shutdown()
         os._exit(EXIT_STALLED)
 
@@ -224,18 +260,24 @@ class Worker:
     def _out_of_grace(self) -> None:
         """The job's next progress report ends it (GraceOver) and it goes back to the queue, its attempt refunded. Only if
         none comes within GRACE_LAST_RESORT_S (a stuck download, say) is the main thread interrupted wherever it is."""
-        if self.current is None:
+        if not self.running:
             return
-        log.warning("worker %s: grace period over; putting the current job back in the queue", self.name)
+        log.warning("worker %s: grace period over; putting the current job(s) back in the queue", self.name)
         self.grace_over.set()
         timer = threading.Timer(GRACE_LAST_RESORT_S, self._interrupt_if_still_busy)
         timer.daemon = True
         timer.start()
 
     def _interrupt_if_still_busy(self) -> None:
-        if self.current is not None:
-            log.warning("worker %s: the job did not stop at its progress; interrupting it", self.name)
+        if not self.running:
+            return
+        log.warning("worker %s: the job did not stop at its progress; interrupting it", self.name)
+        if self.lanes == 1:
             _thread.interrupt_main()  # KeyboardInterrupt in the loop; run() then retires, requeueing the job
+        else:  # lanes are threads, which nothing can interrupt: every job goes back, and the process ends
+            self.registry.retire(self.name)
+            logging.shutdown()
+            os._exit(0)
 
     def run(self, preload: bool = True) -> None:
         import torch
@@ -250,7 +292,13 @@ class Worker:
                 self.metrics.serve(self.settings.metrics_port)
             except OSError as exc:  # a second worker on one machine: the port is taken; metrics are not worth dying for
                 log.warning("no metrics on port %d: %s", self.settings.metrics_port, exc)
-        log.info("worker %s ready: model %s, %d torch threads", self.name, self.settings.demucs_model, torch.get_num_threads())
+        log.info(
+            "worker %s ready: model %s, %d torch threads, %d song(s) in flight at once",
+            self.name,
+            self.settings.demucs_model,
+            torch.get_num_threads(),
+            self.lanes,
+        )
         (log.info if lame.available() else log.warning)(lame.describe())
         for usual, line in compat.describe():
             (log.info if usual else log.warning)(line)
@@ -260,23 +308,18 @@ class Worker:
                 self.separator(self.settings.demucs_model)
             except ModelUnavailable as exc:
                 log.error("default model unavailable: %s", exc)
-        backoff = 1.0
+        lanes = [threading.Thread(target=self._lane, daemon=True, name=f"lane-{k}") for k in range(1, self.lanes)]
         try:
-            while not self.stopping.is_set():
-                try:
-                    self._recover_stranded()
-                    self._requeue_orphans()
-                    job = self.jobs.claim(self.name, timeout_s=2)
-                    backoff = 1.0
-                except redis.RedisError as exc:
-                    log.warning("redis unavailable (%s); retrying in %.0f s", exc, backoff)
-                    self.stopping.wait(backoff)
-                    backoff = min(backoff * 2, 30)
-                    continue
-                if job is not None:
-                    self.process(job)
+            for lane in lanes:
+                lane.start()
+            self._lane()
+        except BaseException:  # interrupted (Ctrl-C): the other lanes put their jobs back at their next progress
+            self.grace_over.set()
+            raise
         finally:
             self.stopping.set()
+            for lane in lanes:  # each finishes its job, or puts it back once the grace is over
+                lane.join()
             stop_callbacks()  # a delivery cut off falls due again, for another worker, when its lease ends
             try:
                 with self.giving_back:
@@ -285,6 +328,27 @@ class Worker:
                     log.info("put %d unfinished job(s) back in the queue", moved)
             except redis.RedisError as exc:
                 log.warning("could not retire cleanly (%s); another worker will requeue my jobs", exc)
+
+    def _lane(self) -> None:
+        """Claim a job, process it, again, until the worker stops; several of these run at once with JOBS_IN_FLIGHT."""
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                with self.claiming:
+                    if not self.running:  # no lane holds a job: whatever this worker holds is stranded
+                        self._recover_stranded()
+                    self._requeue_orphans()
+                    job = self.jobs.claim(self.name, timeout_s=2)
+                    if job is not None:
+                        self.running[threading.get_ident()] = Lane(job, time.monotonic())
+                backoff = 1.0
+            except redis.RedisError as exc:
+                log.warning("redis unavailable (%s); retrying in %.0f s", exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30)
+                continue
+            if job is not None:
+                self.process(job)
 
     def _recover_stranded(self) -> None:
         """Between jobs this worker holds none: whatever is in its processing list is a job whose end could not be recorded
@@ -313,11 +377,11 @@ class Worker:
 
     # --- one job ---------------------------------------------------------------------------
     def process(self, job: Job) -> None:
-        self.current, self.moved_at = job, time.monotonic()
+        self.running[threading.get_ident()] = Lane(job, time.monotonic())
         try:
             self._process(job)
         finally:
-            self.current = None
+            del self.running[threading.get_ident()]
 
     def _process(self, job: Job) -> None:
         started = time.monotonic()
@@ -333,7 +397,8 @@ class Worker:
         def progress(stage: str, fraction: float) -> None:
             if self.grace_over.is_set():
                 raise GraceOver
-            now = self.moved_at = time.monotonic()
+            now = time.monotonic()
+            self._moved()
             if stage == last[1] and now - last[0] < 0.5 and fraction < 1.0:
                 return
             last[:] = [now, stage]
@@ -401,7 +466,7 @@ class Worker:
             except redis.RedisError as exc:
                 log.warning("redis unavailable (%s); recording the job's end again in %.0f s", exc, delay)
                 time.sleep(delay)
-                self.moved_at = time.monotonic()  # waiting for redis is not the job stalling
+                self._moved()  # waiting for redis is not the job stalling
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
     def _download(self, job: Job, tmp: Path, progress) -> Path:

@@ -129,8 +129,8 @@ MUTANTS = [
         T + "test_faults.py::test_redis_stopped_mid_job_and_started_again_the_job_ends_done",
         "a job's end is written once; with redis away at that moment it is lost",
         "msaas/worker.py",
-        "                time.sleep(delay)\n                self.moved_at = time.monotonic()",
-        "                raise\n                self.moved_at = time.monotonic()",
+        "                time.sleep(delay)\n                self._moved()",
+        "                raise\n                self._moved()",
     ),
     Mutant(
         "attempts-unbounded",
@@ -304,6 +304,22 @@ MUTANTS = [
         "msaas/rest/api.py",
         "b.settings.max_upload_bytes, b.settings.callback_allow_private)",
         "b.settings.max_upload_bytes, True)",
+    ),
+    Mutant(
+        "one-song-at-a-time",
+        T + "test_lanes.py::test_a_worker_separates_songs_in_flight_together_and_each_as_alone",
+        "JOBS_IN_FLIGHT ignored: the worker takes one song at a time",
+        "msaas/worker.py",
+        "for k in range(1, self.lanes)]",
+        "for k in range(1, 1)]",
+    ),
+    Mutant(
+        "inflight-never-shared",
+        T + "test_inference.py::test_songs_in_flight_together_share_batches_and_each_gets_its_stems_as_alone",
+        "songs in flight each run their own batches: a batch short of full is never filled with another song's chunks",
+        "msaas/separation/inflight.py",
+        "            if request.member is not member:\n",
+        "            if request.member is not member or request is not self.waiting[0]:\n",
     ),
     Mutant(
         "ci-without-chromium",

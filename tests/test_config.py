@@ -84,7 +84,7 @@ def test_every_setting_is_read_and_written_back_through_one_table():
         "DEMUCS_MODEL": "m", "DEMUCS_REPO": "/r", "PORT": "5001", "MAX_UPLOAD_MB": "12.5", "MAX_DURATION_S": "60",
         "CALLBACK_SECRET": "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "CALLBACK_ALLOW_PRIVATE": "1", "CALLBACK_TIMEOUT_S": "3",
         "JOB_MAX_ATTEMPTS": "5", "HEARTBEAT_TTL_S": "7", "DEMUCS_DEVICE": "cpu", "TORCH_THREADS": "3", "ENCODER_THREADS": "2",
-        "DEMUCS_BATCH": "4", "DEMUCS_PRECISION": "BF16", "DEMUCS_ENGINE": "onnx",
+        "DEMUCS_BATCH": "4", "DEMUCS_PRECISION": "BF16", "DEMUCS_ENGINE": "onnx", "JOBS_IN_FLIGHT": "3",
         "LOG_LEVEL": "debug", "LOG_STDOUT": "0", "API_KEYS": "k1, k2", "WORKER_GRACE_S": "9", "METRICS_PORT": "0",
         "TORCH_HOME": "/t", "SPLIT_OVER_S": "100", "SPLIT_MAX_PARTS": "3", "RETENTION_S": "60", "JOB_STALL_S": "30",
         "MAX_SAMPLE_RATE": "48000", "MAX_STEMS_MB": "10", "MAX_UPLOADS": "2", "REDIS_MAXMEMORY": "64mb",

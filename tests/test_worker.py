@@ -3,6 +3,7 @@
 import json
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -223,7 +224,9 @@ def test_a_stalled_job_is_given_back_by_the_watchdog(worker, song, monkeypatch):
     worker.settings = worker.settings.with_(job_stall_s=5)
     h = enqueue(worker, song)
     job = worker.jobs.claim(worker.name, 1)
-    worker.current, worker.moved_at = job, time.monotonic() - 6
+    from msaas.worker import Lane
+
+    worker.running[threading.get_ident()] = Lane(job, time.monotonic() - 6)
     worker._watchdog()
     status = worker.jobs.status(h)
     assert exits == [3] and status["state"] == "queued" and "no progress for 6 s" in status["error"]

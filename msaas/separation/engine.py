@@ -52,6 +52,11 @@ class Separator(Protocol):
         their sum stands for the rest; None when there is none (every engine but a Demucs bag of specialists)."""
         ...
 
+    def share_batches(self) -> None:
+        """Songs separated at once in this process (JOBS_IN_FLIGHT) put their chunks in the same batches where the engine
+        batches chunks (Demucs); elsewhere they take turns on the model."""
+        ...
+
     def read(self, source: Path, max_duration_s: float | None = None, song: SongStream | None = None) -> Reading:
         """`source` opened for separation: its own length and rate, and what runs the model over it. `song`: the file
         already read as a SongStream (its first pass done), for an engine that reads songs block by block."""

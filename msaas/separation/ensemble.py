@@ -62,6 +62,10 @@ class Ensemble:
         for member in self.members:
             member.warm_up()
 
+    def share_batches(self) -> None:
+        for member in self.members:
+            member.share_batches()
+
     def _mapped(self, k: int, block: torch.Tensor) -> torch.Tensor:
         total = block.sum(0) if any(rest for _, rest in self.maps[k]) else None
         return torch.stack([total - block[i] if rest else block[i] for i, rest in self.maps[k]])

@@ -89,6 +89,9 @@ class RoformerSeparator:
     def for_track(self, track: str) -> None:
         return None  # one network gives every track
 
+    def share_batches(self) -> None:
+        pass  # songs in flight together take turns on the network, chunk by chunk
+
     def warm_up(self) -> None:
         """One chunk of silence through the network (a fresh process's first pass costs a few times the next ones)."""
         for _ in self._chunks(iter([torch.zeros(2, self.chunk)]), self.chunk):

@@ -119,6 +119,9 @@ class SpleeterSeparator(WholeSong):
     def for_track(self, track: str) -> None:
         return None  # one network gives every track
 
+    def share_batches(self) -> None:
+        pass  # songs in flight together take turns on the U-Nets, chunk by chunk
+
     def warm_up(self) -> None:
         """One patch of silence through the U-Nets (a fresh process's first pass costs several of the next)."""
         self.stream(torch.zeros(2, PATCH * HOP), lambda block: None)
