@@ -13,7 +13,7 @@ from msaas.separation import Inference, load_separator, separate_file
 pytestmark = pytest.mark.slow
 
 
-def test_a_worker_separates_songs_in_flight_together_and_each_as_alone(settings, processes, tmp_path):
+def test_a_worker_separates_songs_in_flight_together_and_each_as_alone(settings, processes, tmp_path, redis_client):
     settings = settings.with_(jobs_in_flight=3, demucs_batch=4, torch_threads=2)
     client = start_rest(settings, processes)
     log = tmp_path / "worker.log"
@@ -36,7 +36,7 @@ def test_a_worker_separates_songs_in_flight_together_and_each_as_alone(settings,
             assert error == 0 or 10 * np.log10(error) < -80, (k, track, 10 * np.log10(error))
 
 
-def test_sigterm_past_the_grace_puts_every_song_in_flight_back(settings, processes, tmp_path):
+def test_sigterm_past_the_grace_puts_every_song_in_flight_back(settings, processes, tmp_path, redis_client):
     settings = settings.with_(jobs_in_flight=2)
     client = start_rest(settings, processes)
     hashes = [client.submit(make_song(tmp_path / f"s{k}.mp3", seconds=30, seed=50 + k))["hash"] for k in range(2)]

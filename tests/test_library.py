@@ -16,7 +16,7 @@ def objects(settings, songhash):
     return sorted(str(p.relative_to(settings.storage_dir)) for p in settings.storage_dir.rglob(f"{songhash}*") if p.is_file())
 
 
-def test_songs_are_listed_newest_first_a_page_at_a_time_with_their_names(settings, processes, tmp_path):
+def test_songs_are_listed_newest_first_a_page_at_a_time_with_their_names(settings, processes, tmp_path, redis_client):
     client = start_rest(settings, processes)
     processes.append(msaas_process("worker", settings))
     sent = []

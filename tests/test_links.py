@@ -77,7 +77,7 @@ def files(settings, tmp_path):
     server.shutdown()
 
 
-def test_a_song_sent_as_a_link_is_separated_as_if_uploaded(settings, processes, files, tmp_path):
+def test_a_song_sent_as_a_link_is_separated_as_if_uploaded(settings, processes, files, tmp_path, redis_client):
     base, song = files
     client = start_rest(settings, processes)
     processes.append(msaas_process("worker", settings))
@@ -139,7 +139,7 @@ def test_a_link_that_gives_no_song_is_a_clear_4xx_leaving_nothing(settings, proc
         ({"url": "http://127.0.0.1:9/song.mp3", "mp3": "AAAA"}, "not both"),
     ],
 )
-def test_a_malformed_link_is_a_400(settings, processes, body, words):
+def test_a_malformed_link_is_a_400(settings, processes, body, words, redis_client):
     client = start_rest(settings, processes)
     r = requests.post(f"{client.base}/apiv1/separate", json=body, timeout=30)
     assert r.status_code == 400 and words in r.json()["error"], r.text

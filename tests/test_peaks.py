@@ -40,7 +40,7 @@ def test_peaks_fed_in_blocks_of_any_size_are_the_peaks_of_the_whole(rate):
 
 
 @pytest.fixture
-def client(settings, processes):
+def client(settings, processes, redis_client):
     c = start_rest(settings, processes)
     processes.append(msaas_process("worker", settings))
     return c
