@@ -72,23 +72,19 @@ def _rate_limit(value: str | None) -> str | None:
 
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-def _precision(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in PRECISIONS:
-        raise ConfigError(f"DEMUCS_PRECISION must be one of {', '.join(PRECISIONS)}, not {raw!r}")
-    return value
-
-
 ENGINES = ("auto", "torch", "onnx")
 
 
-def _engine(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ENGINES:
-        raise ConfigError(f"DEMUCS_ENGINE must be one of {', '.join(ENGINES)}, not {raw!r}")
-    return value
+def _one_of(name: str, options: tuple[str, ...]) -> Callable[[str], str]:
+    """A setting that is one of a few words (any case), checked at start."""
+
+    def read(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ConfigError(f"{name} must be one of {', '.join(options)}, not {raw!r}")
+        return value
+
+    return read
 
 
 def is_loopback(host: str) -> bool:
@@ -226,8 +222,8 @@ VARIABLES: dict[str, Var] = {
     "torch_threads": Var("TORCH_THREADS", _int("TORCH_THREADS")),
     "encoder_threads": Var("ENCODER_THREADS", _int("ENCODER_THREADS")),
     "demucs_batch": Var("DEMUCS_BATCH", _int("DEMUCS_BATCH", least=0)),
-    "demucs_precision": Var("DEMUCS_PRECISION", _precision),
-    "demucs_engine": Var("DEMUCS_ENGINE", _engine),
+    "demucs_precision": Var("DEMUCS_PRECISION", _one_of("DEMUCS_PRECISION", PRECISIONS)),
+    "demucs_engine": Var("DEMUCS_ENGINE", _one_of("DEMUCS_ENGINE", ENGINES)),
     "jobs_in_flight": Var("JOBS_IN_FLIGHT", _int("JOBS_IN_FLIGHT", least=0)),
     "hostname": Var("HOSTNAME", written=False),  # each process's own
     "log_level": Var("LOG_LEVEL", str.upper),
