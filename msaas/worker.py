@@ -115,12 +115,6 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.published: dict[str, dict] = {}
 
-    @property
-    def current(self) -> Job | None:
-        """This lane's job (the calling thread's)."""
-        lane = self.running.get(threading.get_ident())
-        return lane.job if lane else None
-
     def _moved(self, every: bool = False) -> None:
         """The calling lane's job moves (or every lane's: a model loading, which they all wait on, is not a stall)."""
         now = time.monotonic()
