@@ -119,9 +119,14 @@ def test_lower_precision_is_reported_against_fp32(tiny_repo, song, precision):
 
 
 @pytest.fixture
-def onnx_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "torch" / "hub" / "checkpoints" / "msaas-onnx"
+def onnx_cache(tmp_path):
+    """torch.hub's folder (TORCH_HOME/hub) in a temporary directory, where the exported networks are cached."""
+    import torch.hub
+
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+    yield tmp_path / "torch" / "hub" / "checkpoints" / "msaas-onnx"
+    torch.hub.set_dir(before)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
