@@ -495,7 +495,7 @@ class Worker:
             audio.OutputOptions.of(job.options),
             max_duration_s=self.settings.max_duration_s,
             progress=progress,
-            encoder_threads=self.settings.encoder_threads,
+            encoder_threads=self._encoder_threads(),
             song=song,
         )
         self.metrics.audio.inc(report.seconds)
@@ -518,6 +518,13 @@ class Worker:
             report.encode_cpu_s,
         )
         return Handled(tracks)
+
+    def _encoder_threads(self) -> int:
+        """ENCODER_THREADS; unset, with several songs in flight, each song's share of the CPUs (0: one song, whose
+        encoders `encoding_threads` sizes)."""
+        if self.settings.encoder_threads or self.lanes == 1:
+            return self.settings.encoder_threads
+        return max(1, cpu_budget() // self.lanes)
 
     def _separate_part(self, job: Job, tmp: Path, progress) -> Handled:
         sep = self.separator_for(job)
@@ -550,7 +557,7 @@ class Worker:
         if plan is None or not sep.can_split:
             raise audio.SongRejected(f"no plan to stitch song {job.songhash} with model {job.model}")
         # Encoding alone, no model running beside it: every CPU this worker may use.
-        threads = self.settings.encoder_threads or cpu_budget()
+        threads = self._encoder_threads() or cpu_budget()
         sink = StemSink(sep, tmp, plan["samples"], plan["rate"], audio.OutputOptions.of(job.options), threads)
         part = tmp / "part"
 

@@ -301,3 +301,13 @@ def test_two_stems_on_a_bag_of_specialists_runs_one_and_gives_the_bags_own_track
     assert stored(pair, "vocals").read_bytes() == stored(whole, "vocals").read_bytes()
     assert worker.jobs.status(pair)["tracks"] == ["vocals", "no_vocals"]
     assert audio.probe(stored(pair, "no_vocals")).samples == audio.probe(song).samples
+
+
+def test_songs_in_flight_share_the_cpus_for_their_encoders(settings, redis_client):
+    from msaas.separation import cpu_budget
+
+    store = storage.LocalStore(settings.storage_dir)
+    assert Worker(settings, redis_client, store)._encoder_threads() == 0  # one song: encoding_threads sizes them
+    four = Worker(settings.with_(jobs_in_flight=4), redis_client, store)
+    assert four.lanes == 4 and four._encoder_threads() == max(1, cpu_budget() // 4)
+    assert Worker(settings.with_(jobs_in_flight=4, encoder_threads=3), redis_client, store)._encoder_threads() == 3
