@@ -3,6 +3,7 @@ limits; against a real rest process, a real worker and a file server on loopback
 settings allow private addresses; refused otherwise)."""
 
 import http.server
+import json
 import subprocess
 import threading
 
@@ -88,6 +89,15 @@ def test_a_song_sent_as_a_link_is_separated_as_if_uploaded(settings, processes, 
     form = requests.post(f"{client.base}/apiv1/separate", data={"url": f"{base}/download", "format": "flac"}, timeout=30)
     assert form.status_code == 200, form.text  # a form field works too
     assert client.status(form.json()["hash"])["name"] == "Live Set.mp3"  # from Content-Disposition
+    # a link's form takes a callback as an upload's form does (JSON in the field)
+    callback = json.dumps({"url": "http://127.0.0.1:9/hook", "data": {"n": 1}})
+    linked = requests.post(
+        f"{client.base}/apiv1/separate", data={"url": f"{base}/song.mp3", "callback": callback, "two_stems": "vocals"}, timeout=30
+    )
+    assert linked.status_code == 200, linked.text
+    due = lambda: [json.loads(m) for m in redis_client.hvals(keys.OUTBOX_MESSAGES) if linked.json()["hash"] in m]  # noqa: E731
+    (delivery,) = wait_until(due, 120, "the link's callback to fall due")
+    assert delivery["url"] == "http://127.0.0.1:9/hook" and json.loads(delivery["body"])["data"] == {"n": 1}
 
     # the command line takes links where it takes files
     run = subprocess.run(

@@ -65,10 +65,12 @@ class UploadRequest(Request):
 
 
 def from_multipart(files, form, path: Path, limit: int, names: set[str]) -> Upload:
-    """A werkzeug-parsed multipart body: the file part `mp3` linked (or copied) to `path`, the named fields as strings."""
+    """A werkzeug-parsed multipart body (or a plain form carrying a link): the file part `mp3` linked (or copied) to
+    `path`, the named fields as strings (the callback parsed from its JSON)."""
+    fields = _form_fields(form, names)
     upload = files.get("mp3")
     if upload is None and form.get("url"):  # a link instead of the song: rest fetches it
-        return Upload({k: v for k, v in form.items() if k in names}, path)
+        return Upload(fields, path)
     if upload is None:
         raise BadUpload("multipart upload needs a file field named mp3 (curl -F mp3=@song.mp3), or a url field")
     if form.get("url"):
@@ -84,6 +86,10 @@ def from_multipart(files, form, path: Path, limit: int, names: set[str]) -> Uplo
         stream.seek(0)
         with open(path, "wb") as out:
             shutil.copyfileobj(stream, out, BLOCK)
+    return Upload(fields, path, size, upload.filename or None)
+
+
+def _form_fields(form, names: set[str]) -> dict:
     fields: dict = {k: v for k, v in form.items() if k in names}
     if "callback" in fields:
         try:
@@ -92,7 +98,7 @@ def from_multipart(files, form, path: Path, limit: int, names: set[str]) -> Uplo
             raise BadUpload('the callback form field must be JSON: {"url": ..., "data": ...}') from None
     elif "callback_url" in form:
         fields["callback"] = {"url": form["callback_url"], "data": form.get("callback_data")}
-    return Upload(fields, path, size, upload.filename or None)
+    return fields
 
 
 def from_json(stream: BinaryIO, path: Path, limit: int) -> Upload:
