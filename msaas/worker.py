@@ -194,8 +194,10 @@ class Worker:
         JOB_STALL_S is given back (the attempt counts) and the process exits, to be restarted (by Kubernetes, or
         `msaas up`): a thread stuck in native code cannot be stopped any other way."""
         now, limit = time.monotonic(), self.settings.job_stall_s
+        if not limit:
+            return
         stalled = [(lane.job, now - lane.moved_at) for lane in list(self.running.values()) if now - lane.moved_at >= limit]
-        if not limit or not stalled:
+        if not stalled:
             return
         for job, still_s in stalled:
             log.error("job %s: no progress for %.0f s; giving it back and restarting this worker", job.songhash, still_s)

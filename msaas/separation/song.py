@@ -28,8 +28,8 @@ class SongStream:
         max_duration_s: float | None = None,
         stats: tuple[float, float] | None = None,
     ):
-        self.source, self.model_rate = source, model_rate
-        self.spill = tempfile.TemporaryFile(prefix="msaas-song-")  # gone when closed, or when this stream is
+        self.model_rate = model_rate
+        self.spill = tempfile.TemporaryFile(prefix="msaas-song-")  # gone with this stream
         moments, self.samples = _Moments(), 0
         self.spans: list[int] = []  # each decoded block's length: the spill holds them one after another, planar
         with audio.Decoder(source, max_duration_s) as decoder:
@@ -60,9 +60,6 @@ class SongStream:
             os.preadv(self.spill.fileno(), [raw], at)
             at += len(raw)
             yield torch.from_numpy(np.frombuffer(raw, dtype=np.float32).reshape(2, span))
-
-    def close(self) -> None:
-        self.spill.close()
 
     def blocks(self) -> Iterator[torch.Tensor]:
         """[2, k] blocks at the model's rate, `length` samples in all (each a fresh tensor, the caller's to change)."""
