@@ -146,6 +146,24 @@ def test_the_onnx_engine_gives_torchs_stems_within_60_db(tiny_repo, song, onnx_c
     assert exported.stat().st_mtime_ns == made and len(list(onnx_cache.iterdir())) == 1
 
 
+def test_the_onnx_export_computes_attention_in_fused_nodes(tiny_repo, onnx_cache):
+    """Each attention layer of the transformer is one MultiHeadAttention node (no [heads, length, length] scores and
+    their Softmax node in the graph), and only the network is there: no STFT, no complex numbers."""
+    import onnx
+
+    from msaas.separation.onnxrt import fused_attention
+
+    sep = load_separator(TINY, tiny_repo, "cpu", Inference(engine="onnx"))
+    (member,) = sep._members()[0]
+    with fused_attention(member) as layers:
+        pass
+    (exported,) = onnx_cache.glob("htdemucs-*.onnx")
+    ops = [node.op_type for node in onnx.load(str(exported)).graph.node]
+    assert layers > 0 and ops.count("MultiHeadAttention") == layers
+    assert "Softmax" not in ops and not {"STFT", "DFT"} & set(ops)
+    assert not any(hasattr(m, "forward") and "forward" in vars(m) for m in member.modules())  # the model is left as it was
+
+
 def test_a_bag_of_specialists_runs_only_the_tracks_members_on_onnx(tiny_repo, song, onnx_cache):
     from conftest import TINY_FT
 
@@ -170,8 +188,12 @@ def test_a_worker_on_the_default_engine_says_which_it_measured_faster(settings, 
     log = tmp_path / "worker.log"
     auto = settings.with_(demucs_engine="auto")
     client = start_rest(auto, processes)
-    processes.append(msaas_process("worker", auto, log=log, TORCH_HOME=str(onnx_cache.parents[2])))
+    home = tmp_path / "home"
+    env = {"TORCH_HOME": str(onnx_cache.parents[2]), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    processes.append(msaas_process("worker", auto, log=log, **env))
     h = client.submit(make_song(tmp_path / "s.mp3", seconds=2, seed=9))["hash"]
     assert wait_until(lambda: client.status(h)["state"] == "done", 120, "the job")
     said = log.read_text()
     assert "on ONNX Runtime:" in said and ("torch runs it" in said or "onnx runs it" in said), said[-2000:]
+    # ONNX Runtime's telemetry stays off: it left no device identifier or queue of events to send in the home folder
+    assert not [p for p in home.rglob("*") if "onnxruntime" in str(p).lower()], sorted(home.rglob("*"))

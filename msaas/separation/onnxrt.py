@@ -1,14 +1,17 @@
 """Demucs on ONNX Runtime (DEMUCS_ENGINE=onnx; `auto` takes it where it measures faster than torch): each HTDemucs of a
 model is exported once, cut from its STFT and iSTFT as the published exports are (`compat.htdemucs_parts`: no complex
-numbers in the graph), cached by a digest of its weights, and run by ONNX Runtime on the CPU; the STFT, mask and iSTFT
-stay in torch. The chunks, their batches and the crossfade are the Demucs engine's (`demucs.py`)."""
+numbers in the graph), its attention layers as ONNX Runtime's fused MultiHeadAttention, cached by a digest of its weights,
+and run by ONNX Runtime on the CPU; the STFT, mask and iSTFT stay in torch. The chunks, their batches and the crossfade
+are the Demucs engine's (`demucs.py`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
+import types
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from .. import compat
 log = logging.getLogger("msaas.separation")
 
 OPSET = 17
+EXPORT = 2  # this module's way of exporting: 2, attention as com.microsoft::MultiHeadAttention (a new one re-exports)
 
 
 class OnnxUnavailable(RuntimeError):
@@ -31,11 +35,70 @@ def cache_dir() -> Path:
 
 def digest(model: torch.nn.Module) -> str:
     """What an exported network depends on: the model's class, its weights and the exporter (torch's version)."""
-    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__name__} torch {torch.__version__} opset {OPSET}".encode())
+    h = hashlib.sha256(
+        f"{type(model).__module__}.{type(model).__name__} torch {torch.__version__} opset {OPSET} export {EXPORT}".encode()
+    )
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
+
+
+class _Attention(torch.autograd.Function):
+    """Scaled dot-product attention over [batch, length, heads x head size] projections; exported as ONNX Runtime's
+    MultiHeadAttention, which computes it in tiles (no [heads, length, length] matrix of scores and its separate softmax,
+    a tenth of the network's time as plain MatMul and Softmax nodes)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads: int):
+        b, n, d = q.shape
+
+        def split(x):
+            return x.reshape(b, x.shape[1], heads, d // heads).transpose(1, 2)
+
+        return torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, n, d)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out.setType(q.type())
+        return out
+
+
+def _fused_attention(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, **_):
+    """nn.MultiheadAttention.forward for the export: its projections, then `_Attention` (no masks, no weights returned)."""
+    assert key_padding_mask is None and attn_mask is None, "masked attention is exported as torch writes it"
+    wq, wk, wv = self.in_proj_weight.chunk(3)
+    bq, bk, bv = self.in_proj_bias.chunk(3)
+    f = torch.nn.functional.linear
+    out = _Attention.apply(f(query, wq, bq), f(key, wk, bk), f(value, wv, bv), self.num_heads)
+    return self.out_proj(out), None
+
+
+def _fusable(m: torch.nn.Module) -> bool:
+    """An nn.MultiheadAttention that `_fused_attention` computes exactly: batch first, one projection of three, biases, no
+    extra key/value biases or zero attention, no dropout at inference."""
+    return (
+        isinstance(m, torch.nn.MultiheadAttention)
+        and m.batch_first
+        and m._qkv_same_embed_dim
+        and m.in_proj_bias is not None
+        and m.bias_k is None
+        and not m.add_zero_attn
+    )
+
+
+@contextlib.contextmanager
+def fused_attention(model: torch.nn.Module):
+    """`model`'s attention layers exported as MultiHeadAttention nodes while this lasts."""
+    patched = [m for m in model.modules() if _fusable(m)]
+    for m in patched:
+        m.forward = types.MethodType(_fused_attention, m)
+    try:
+        yield len(patched)
+    finally:
+        for m in patched:
+            del m.forward
 
 
 def _export(core: torch.nn.Module, before, segment_length: int, path: Path) -> None:
@@ -46,8 +109,8 @@ def _export(core: torch.nn.Module, before, segment_length: int, path: Path) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkstemp(dir=path.parent, suffix=".part")[1])
     try:
-        # grad on: with it off, nn.MultiheadAttention takes its fused fast path, which has no ONNX form
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
+        # grad on: with it off, torch's transformer layers take their fused fast path, which has no ONNX form
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad(), fused_attention(core):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             torch.onnx.export(
                 core,
@@ -57,6 +120,7 @@ def _export(core: torch.nn.Module, before, segment_length: int, path: Path) -> N
                 output_names=["time", "spectrogram"],
                 dynamic_axes={name: {0: "batch"} for name in ("mix", "magnitude", "time", "spectrogram")},
                 opset_version=OPSET,
+                custom_opsets={"com.microsoft": 1},
                 dynamo=False,  # the TorchScript exporter: HTDemucs' forward traces as is (no onnxscript needed)
             )
         partial.replace(path)  # whole or not at all: a later worker never loads half a file
@@ -64,14 +128,25 @@ def _export(core: torch.nn.Module, before, segment_length: int, path: Path) -> N
         partial.unlink(missing_ok=True)
 
 
+def _onnxruntime():
+    """ONNX Runtime with its telemetry off: its PyPI builds otherwise keep a device identifier and a queue of events in
+    the home folder and send them to Microsoft, which a self-hosted service must not do unasked (ORT_DISABLE_TELEMETRY=0
+    in the environment turns it back on)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when ONNX Runtime starts: before the import
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OnnxUnavailable("onnxruntime is not installed (pip install 'msaas[worker]')") from None
+    if os.environ["ORT_DISABLE_TELEMETRY"] == "1":
+        ort.disable_telemetry_events()  # and if something else imported it first, no more events from here on
+    return ort
+
+
 class OnnxNetworks:
     """The networks of a Demucs model's members on ONNX Runtime, with torch's STFT and iSTFT around each."""
 
     def __init__(self, members: list, segment_length: int, threads: int, cache: Path | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise OnnxUnavailable("onnxruntime is not installed (pip install 'msaas[worker]')") from None
+        ort = _onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
