@@ -87,6 +87,20 @@ def _one_of(name: str, options: tuple[str, ...]) -> Callable[[str], str]:
     return read
 
 
+# What libraries MSaaS loads read from the environment themselves, and MSaaS's choice where the environment says nothing:
+# ONNX Runtime's PyPI builds keep a device identifier and a queue of events in the home folder and send them to Microsoft
+# unless ORT_DISABLE_TELEMETRY=1 (read when ONNX Runtime starts); a self-hosted service must not do that unasked.
+LIBRARY_DEFAULTS = {"ORT_DISABLE_TELEMETRY": "1"}
+
+
+def library_defaults() -> dict[str, str]:
+    """LIBRARY_DEFAULTS put in this process's environment where it has none of them (before the library loads); the
+    values in force (ORT_DISABLE_TELEMETRY=0 in the environment turns ONNX Runtime's telemetry back on)."""
+    for name, value in LIBRARY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    return {name: os.environ[name] for name in LIBRARY_DEFAULTS}
+
+
 def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 

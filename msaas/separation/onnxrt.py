@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .. import compat
+from .. import compat, config
 
 log = logging.getLogger("msaas.separation")
 
@@ -129,15 +129,13 @@ def _export(core: torch.nn.Module, before, segment_length: int, path: Path) -> N
 
 
 def _onnxruntime():
-    """ONNX Runtime with its telemetry off: its PyPI builds otherwise keep a device identifier and a queue of events in
-    the home folder and send them to Microsoft, which a self-hosted service must not do unasked (ORT_DISABLE_TELEMETRY=0
-    in the environment turns it back on)."""
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when ONNX Runtime starts: before the import
+    """ONNX Runtime, its telemetry off unless the environment turns it on (`config.LIBRARY_DEFAULTS`)."""
+    telemetry_off = config.library_defaults()["ORT_DISABLE_TELEMETRY"] == "1"  # read when ONNX Runtime starts
     try:
         import onnxruntime as ort
     except ImportError:
         raise OnnxUnavailable("onnxruntime is not installed (pip install 'msaas[worker]')") from None
-    if os.environ["ORT_DISABLE_TELEMETRY"] == "1":
+    if telemetry_off:
         ort.disable_telemetry_events()  # and if something else imported it first, no more events from here on
     return ort
 
