@@ -8,7 +8,10 @@ model directory as a worker loads it; the export to ONNX happens once, in a warm
 Runs go A B B A (ROUNDS times); the table gives medians and ONNX's speed-up over torch (the goal: 1.2x on the forward
 passes). Threads: the process's CPU budget for both (torch's intra-op threads, ONNX Runtime's intra-op threads).
 
-Usage: python bench/onnx_engine.py [--rounds N] [SECONDS]   (default: 1 round of 60 s; make bench-onnx and
+--threads instead: ONNX Runtime's thread settings on one chunk of the exported network, each in a fresh process (intra-op
+threads, inter-op threads and parallel execution, spinning), the figures behind OnnxNetworks' session options.
+
+Usage: python bench/onnx_engine.py [--rounds N] [--threads] [SECONDS]   (default: 1 round of 60 s; make bench-onnx and
        make bench-speed: 2 rounds of 30 s)
 """
 
@@ -50,6 +53,57 @@ def one(engine: str, seconds: int, out: Path) -> None:
     print(json.dumps({"seconds": total, "forward_s": report.forward_s, "peak_mb": peak, "audio_s": report.seconds}))
 
 
+SESSIONS = [  # intra-op threads (0: ONNX Runtime's own choice), inter-op threads, parallel execution, spinning
+    ("cpu budget", "1", "sequential", "1"),
+    ("cpu budget", "1", "sequential", "0"),
+    ("1", "1", "sequential", "1"),
+    ("0", "1", "sequential", "1"),
+    ("cpu budget", "2", "parallel", "1"),
+]
+
+
+def session(spec: str) -> None:
+    """In this (fresh) process: one chunk through the exported network with these session options, 1 + 4 times."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from msaas.separation import Inference, cpu_budget, load_separator
+    from msaas.separation.onnxrt import cache_dir, digest
+
+    intra, inter, mode, spin = spec.split(",")
+    sep = load_separator("htdemucs", full_size_htdemucs(), "cpu", Inference(engine="onnx"))  # exported before: loads it
+    (member,) = sep._members()[0]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cpu_budget() if intra == "cpu budget" else int(intra)
+    options.inter_op_num_threads = int(inter)
+    options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    run = ort.InferenceSession(str(cache_dir() / f"htdemucs-{digest(member)}.onnx"), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal([1, *i.shape[1:]]).astype(np.float32) * 0.1 for i in run.get_inputs()}
+    run.run(None, feeds)
+    times = []
+    for _ in range(4):
+        started = time.perf_counter()
+        run.run(None, feeds)
+        times.append(time.perf_counter() - started)
+    print(json.dumps({"median_s": statistics.median(times)}))
+
+
+def thread_settings(run_session) -> None:
+    results = {spec: [] for spec in SESSIONS}
+    for spec in SESSIONS + SESSIONS[::-1]:
+        results[spec].append(run_session(",".join(spec))["median_s"])
+    best = min(statistics.median(r) for r in results.values())
+    print("\nONNX Runtime's session options, one 7.8 s chunk of full-size htdemucs (medians of 2 processes x 4 runs):")
+    print(f"{'intra-op threads':>17} {'inter-op':>9} {'execution':>11} {'spinning':>9} {'ms a chunk':>11} {'against best':>13}")
+    for (intra, inter, mode, spin), times in results.items():
+        t = statistics.median(times)
+        print(f"{intra:>17} {inter:>9} {mode:>11} {spin:>9} {1000 * t:11.0f} {t / best:12.2f}x")
+
+
 def difference_db(a_dir: Path, b_dir: Path) -> float:
     import numpy as np
 
@@ -68,10 +122,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--session", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", action="store_true", help="ONNX Runtime's thread settings instead")
     parser.add_argument("seconds", nargs="?", type=int, default=60)
     args = parser.parse_args()
     if args.one:
         one(args.one, args.seconds, Path(args.out))
+        return
+    if args.session:
+        session(args.session)
         return
     full_size_htdemucs()
     song(args.seconds)
@@ -85,6 +144,16 @@ def main() -> None:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     run("onnx", 10)  # the export, once, outside the timed runs
+    if args.threads:
+
+        def run_session(spec: str) -> dict:
+            done = subprocess.run([sys.executable, __file__, "--session", spec], capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"session {spec} failed:\n{done.stderr[-3000:]}")
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        thread_settings(run_session)
+        return
     results: dict[str, list[dict]] = {name: [] for name in ENGINES}
     for name in (ENGINES + ENGINES[::-1]) * args.rounds:
         result = run(name, args.seconds)
