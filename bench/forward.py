@@ -7,6 +7,10 @@ precision's difference from FP32 on the same chunks, in dB.
 Usage: python bench/forward.py [BATCH ...]   (default 1 2 4 8 16 on CUDA, 1 2 4 on CPU; PRECISIONS="fp32 fp16 bf16" on
 CUDA, "fp32 bf16" on CPU by default)
 What a GPU worker's settings rest on: how far one chunk at a time is from the device's throughput, and its memory.
+COMPILE=reduce-overhead (CUDA graphs) or COMPILE=default adds, after each row, the same batch through `torch.compile` of
+the network in that mode: its time, how long the compilation took, its difference from the eager row in dB; whether it
+pays on a GPU is what decides a worker setting for it. (COMPILE=eager traces with TorchDynamo only: a quick try of the
+script on a CPU, where inductor takes many minutes to compile the full-size model.)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from worker_memory import full_size_htdemucs  # noqa: E402
 
 REPEAT = 3  # timed batches per size, after one untimed
+COMPILE = os.environ.get("COMPILE", "")  # a torch.compile mode to try after each row (reduce-overhead, default), or eager
 
 
 def main(batches: list[int]) -> None:
@@ -72,6 +77,41 @@ def main(batches: list[int]) -> None:
                     f"throughput){db}{memory}",
                     flush=True,
                 )
+                if COMPILE:
+                    compiled_row(model, chunks, separator.device, out, per_chunk, cuda)
+
+
+def compiled_row(model, chunks: list, device, eager_out: list, eager_per_chunk: float, cuda: bool) -> None:
+    """The same batch through `torch.compile(model)` in COMPILE's mode: a row below the eager one."""
+    import numpy as np
+    import torch
+
+    from msaas.separation.demucs import forward
+
+    mode = {"backend": "eager"} if COMPILE == "eager" else {"mode": COMPILE}
+    compiled = torch.compile(model, dynamic=False, **mode)
+    started = time.perf_counter()
+    try:
+        out = forward(compiled, chunks, device)  # the compilation, then (CUDA graphs) a recording
+        forward(compiled, chunks, device)
+    except Exception as exc:  # a model torch.compile cannot take: said, and the eager rows stand
+        print(f"  compiled ({COMPILE}): failed, {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        return
+    compile_s = time.perf_counter() - started
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(REPEAT):
+        forward(compiled, chunks, device)
+    per_chunk = (time.perf_counter() - started) / REPEAT / len(chunks)
+    ref = torch.stack(eager_out)
+    error = float(((torch.stack(out) - ref) ** 2).sum() / (ref**2).sum())
+    db = f"{10 * np.log10(error):6.1f} dB" if error else "bit-exact"
+    print(
+        f"  compiled ({COMPILE}): {per_chunk * 1000:8.1f} ms per chunk ({eager_per_chunk / per_chunk:.2f}x eager), "
+        f"compiled in {compile_s:.0f} s, {db} from eager",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
