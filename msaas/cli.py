@@ -67,7 +67,7 @@ def cmd_fetch_model(settings: Settings, args) -> int:
 
     logbus.setup("fetch", settings.hostname, None, settings.log_level)
     try:
-        fetch_model(args.name, Path(args.dir))
+        fetch_model(args.name, Path(args.dir), onnx=not args.no_onnx)
     except Exception as exc:
         print(f"msaas fetch-model: could not fetch {args.name}: {exc}", file=sys.stderr)
         return 1
@@ -188,6 +188,9 @@ def parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch-model", help="download a model (Demucs or RoFormer) into a directory for DEMUCS_REPO")
     fetch.add_argument("name")
     fetch.add_argument("dir")
+    fetch.add_argument(
+        "--no-onnx", action="store_true", help="do not export a Demucs model's networks for ONNX Runtime (GPU-only workers)"
+    )
     fetch.set_defaults(run=cmd_fetch_model)
     sep = sub.add_parser("separate", help="send songs to a server; with --wait, download their stems")
     sep.add_argument("files", nargs="+", metavar="SONG", help="a song file, or an http(s) link the server fetches")

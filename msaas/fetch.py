@@ -91,13 +91,35 @@ def _roformer(name: str, dest: Path, sources: dict[str, str]) -> None:
     load_separator(name, dest, "cpu")
 
 
+def _onnx_networks(name: str, dest: Path) -> None:
+    """A Demucs model's networks exported for ONNX Runtime beside its weights, where ONNX Runtime can run them (its
+    HTDemucs, with onnxruntime installed): a worker then loads them instead of exporting them at start-up."""
+    from .separation import ModelUnavailable
+    from .separation.demucs import export_onnx
+    from .separation.onnxrt import OnnxUnavailable
+
+    try:
+        for path in export_onnx(name, dest):
+            log.info("exported for ONNX Runtime: %s", path)
+    except ModelUnavailable:  # the model itself does not load from `dest`: the fetch failed
+        raise
+    except (OnnxUnavailable, ImportError) as exc:  # another architecture, or no onnx/onnxruntime: torch runs it
+        log.info("model %s is not exported for ONNX Runtime: %s", name, exc)
+    except Exception as exc:  # an export that failed: workers export it themselves, or run torch
+        log.warning("model %s could not be exported for ONNX Runtime: %s", name, exc)
+
+
 def fetch_model(
-    name: str, dest: Path, root_url: str | None = None, remote: Path | None = None, sources: dict[str, str] | None = None
+    name: str,
+    dest: Path,
+    root_url: str | None = None,
+    remote: Path | None = None,
+    sources: dict[str, str] | None = None,
+    onnx: bool = True,
 ) -> None:
     """Download `name` into `dest` in the format its engine loads from a model directory, then load it from there to
-    prove it works. `sources`: a RoFormer's {"checkpoint": url, "config": url} instead of the model table's."""
-    from demucs.pretrained import get_model
-
+    prove it works. `sources`: a RoFormer's {"checkpoint": url, "config": url} instead of the model table's. `onnx`: a
+    Demucs model's networks exported for ONNX Runtime too (`dest/onnx/`; a CPU worker's DEMUCS_ENGINE auto or onnx)."""
     dest.mkdir(parents=True, exist_ok=True)
     if sources or name in models.ROFORMERS:
         _roformer(name, dest, sources or models.ROFORMERS[name])
@@ -108,5 +130,10 @@ def fetch_model(
     except Exception as exc:  # the legacy host may be gone; the Hugging Face hub is the other source
         log.warning("legacy model repository failed (%s); trying the Hugging Face hub", exc)
         _from_hf_hub(name, dest)
-    get_model(name, dest)
+    if onnx:
+        _onnx_networks(name, dest)  # loads the model from `dest`: the proof that it works
+    else:
+        from demucs.pretrained import get_model
+
+        get_model(name, dest)
     log.info("model %s is ready in %s: set DEMUCS_REPO=%s", name, dest, dest)

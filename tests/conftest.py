@@ -303,6 +303,17 @@ def msaas_process(command: str, settings: Settings, *args: str, log: Path | None
 
 
 @pytest.fixture
+def onnx_cache(tmp_path):
+    """torch.hub's folder (TORCH_HOME/hub) in a temporary directory, where the exported networks are cached."""
+    import torch.hub
+
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+    yield tmp_path / "torch" / "hub" / "checkpoints" / "msaas-onnx"
+    torch.hub.set_dir(before)
+
+
+@pytest.fixture
 def processes():
     started: list[subprocess.Popen] = []
     yield started

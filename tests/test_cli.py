@@ -23,6 +23,8 @@ def test_a_missing_song_file_is_named(tmp_path):
 def test_fetching_an_unknown_model_fails_clearly(tmp_path):
     out = run("fetch-model", "no_such_model", str(tmp_path / "models"), HF_HUB_OFFLINE="1")
     assert out.returncode == 1 and "could not fetch no_such_model" in out.stderr
+    out = run("fetch-model", "--no-onnx", "no_such_model", str(tmp_path / "models"), HF_HUB_OFFLINE="1")
+    assert out.returncode == 1 and "could not fetch no_such_model" in out.stderr  # the flag of GPU images is known
 
 
 def test_bad_configuration_is_refused_before_anything_starts():

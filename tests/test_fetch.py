@@ -53,15 +53,45 @@ def model_host(tmp_path):
     server.shutdown()
 
 
-def test_fetch_model_downloads_a_bag_into_a_directory_that_loads_as_demucs_repo(model_host, tmp_path):
+def test_fetch_model_downloads_a_bag_into_a_directory_that_loads_as_demucs_repo(model_host, tmp_path, onnx_cache):
     root_url, remote, asked, name = model_host
     dest = tmp_path / "models"
     fetch_model(TINY, dest, root_url=root_url, remote=remote)
     assert asked == [f"/demucs/tiny_models/{name}"]
-    assert sorted(p.name for p in dest.iterdir()) == sorted([name, f"{TINY}.yaml"])
+    assert sorted(p.name for p in dest.iterdir()) == sorted([name, f"{TINY}.yaml", "onnx"])
     assert get_model(TINY, dest).sources == ["drums", "bass", "other", "vocals"]
-    fetch_model(TINY, dest, root_url=root_url, remote=remote)  # already there: nothing downloaded again
-    assert len(asked) == 1
+    (network,) = (dest / "onnx").iterdir()  # its network exported for ONNX Runtime beside the weights
+    made = network.stat().st_mtime_ns
+    fetch_model(TINY, dest, root_url=root_url, remote=remote)  # already there: nothing downloaded or exported again
+    assert len(asked) == 1 and network.stat().st_mtime_ns == made and len(list((dest / "onnx").iterdir())) == 1
+
+
+def test_a_worker_with_a_fetched_model_directory_loads_its_onnx_networks_without_exporting(model_host, tmp_path, onnx_cache):
+    """DEMUCS_REPO from `msaas fetch-model`: ONNX Runtime runs the network exported there (nothing exported at start-up,
+    nothing written to TORCH_HOME), and its stems are those of a network the worker exports itself."""
+    import torch
+
+    from conftest import make_song
+    from msaas.separation import Inference, SongStream, load_separator
+
+    root_url, remote, _, _ = model_host
+    fetched, bare = tmp_path / "models", tmp_path / "bare"
+    fetch_model(TINY, fetched, root_url=root_url, remote=remote)
+    fetch_model(TINY, bare, root_url=root_url, remote=remote, onnx=False)
+    assert not (bare / "onnx").exists()
+    song = make_song(tmp_path / "song.mp3", seconds=4, seed=3)
+
+    def stems(repo):
+        sep = load_separator(TINY, repo, "cpu", Inference(engine="onnx"))
+        assert sep.engine == "onnx"
+        out = []
+        sep.stream_song(SongStream(song, sep.samplerate), lambda block: out.append(block.clone()))
+        return torch.cat(out, dim=-1)
+
+    prebuilt = stems(fetched)
+    assert not onnx_cache.exists()  # loaded from the model directory, not exported
+    assert torch.equal(prebuilt, stems(bare))  # the worker's own export (into TORCH_HOME) gives the same stems
+    assert [p.name for p in onnx_cache.iterdir()] == [p.name for p in (fetched / "onnx").iterdir()]
 
 
 def test_a_download_that_does_not_match_its_checksum_is_refused_and_not_kept(model_host, tmp_path):
@@ -134,7 +164,8 @@ def test_fetch_model_falls_back_to_the_hugging_face_hub_and_converts_to_demucs_f
         server.shutdown()
     assert out.returncode == 0, out.stderr[-3000:]
     assert ("GET", "/adefossez/HTDemucs/resolve/main/abcd1234.safetensors") in asked
-    assert sorted(p.suffix for p in dest.iterdir()) == [".th", ".yaml"]  # demucs' own format, not safetensors
+    assert sorted(p.suffix for p in dest.iterdir() if p.is_file()) == [".th", ".yaml"]  # demucs' format, not safetensors
+    assert [p.suffix for p in (dest / "onnx").iterdir()] == [".onnx"]  # and its network for ONNX Runtime
     loaded = get_model("htdemucs", dest)
     assert loaded.sources == ["drums", "bass", "other", "vocals"]
     first = next(iter(loaded.models))

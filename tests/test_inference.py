@@ -118,17 +118,6 @@ def test_lower_precision_is_reported_against_fp32(tiny_repo, song, precision):
     assert torch.equal(stems(low_sep, song), low)  # deterministic for a given precision
 
 
-@pytest.fixture
-def onnx_cache(tmp_path):
-    """torch.hub's folder (TORCH_HOME/hub) in a temporary directory, where the exported networks are cached."""
-    import torch.hub
-
-    before = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
-    yield tmp_path / "torch" / "hub" / "checkpoints" / "msaas-onnx"
-    torch.hub.set_dir(before)
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 def test_the_onnx_engine_gives_torchs_stems_within_60_db(tiny_repo, song, onnx_cache, batch):
     on_torch = stems(load_separator(TINY, tiny_repo, "cpu", Inference(batch=batch)), song)

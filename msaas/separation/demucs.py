@@ -44,6 +44,7 @@ class DemucsSeparator:
                 "put its weights in DEMUCS_REPO with `msaas fetch-model`"
             ) from None
         self.model = model.to(device).eval()
+        self.repo = repo
         self.device = device
         self.name = name
         self.tracks = list(model.sources)
@@ -69,7 +70,7 @@ class DemucsSeparator:
 
     def _onnx(self, engine: str):
         """The networks on ONNX Runtime when `engine` asks for them (onnx, or auto to be measured) and they can run there."""
-        from .onnxrt import OnnxNetworks, OnnxUnavailable
+        from .onnxrt import PREBUILT, OnnxNetworks, OnnxUnavailable
 
         if engine == "torch":
             return None
@@ -83,7 +84,8 @@ class DemucsSeparator:
                 )
             return None
         try:
-            return OnnxNetworks(self._members()[0], self.chunk_plan(1).segment_length, torch.get_num_threads())
+            prebuilt = self.repo / PREBUILT if self.repo else None  # networks exported by `msaas fetch-model`
+            return OnnxNetworks(self._members()[0], self.chunk_plan(1).segment_length, torch.get_num_threads(), prebuilt=prebuilt)
         except Exception as exc:  # not installed, not an HTDemucs, an export that failed: the torch path still works
             level = logging.WARNING if engine == "onnx" or not isinstance(exc, OnnxUnavailable) else logging.INFO
             log.log(level, "model %s stays on torch: %s", self.name, exc)
@@ -219,6 +221,15 @@ class DemucsSeparator:
         chunks = range(len(plan.offsets))
         for start, block in plan.overlap_add(chunks, self.weighted_chunks(source, plan, chunks, progress)):
             emit(plan.stems(block, start, mean, std))
+
+
+def export_onnx(name: str, repo: Path) -> list[Path]:
+    """Model `name` of the model directory `repo`, its networks exported for ONNX Runtime into `repo`'s folder of them,
+    where a worker with DEMUCS_REPO=`repo` loads them instead of exporting them (`msaas fetch-model`)."""
+    from .onnxrt import PREBUILT, export_members
+
+    separator = DemucsSeparator(name, repo, torch.device("cpu"), Inference(engine="torch"))
+    return export_members(separator._members()[0], separator.chunk_plan(1).segment_length, repo / PREBUILT)
 
 
 def batches(chunks: range, size: int) -> Iterator[range]:

@@ -28,9 +28,16 @@ class OnnxUnavailable(RuntimeError):
     """This model or machine cannot run on ONNX Runtime: the torch path is used."""
 
 
+PREBUILT = "onnx"  # a model directory's (DEMUCS_REPO) folder of networks exported beforehand (`msaas fetch-model`)
+
+
 def cache_dir() -> Path:
     """Exported networks, beside torch.hub's downloads (TORCH_HOME), else in the temporary folder."""
     return Path(torch.hub.get_dir()) / "checkpoints" / "msaas-onnx"
+
+
+def file_name(member: torch.nn.Module) -> str:
+    return f"htdemucs-{digest(member)}.onnx"
 
 
 def digest(model: torch.nn.Module) -> str:
@@ -128,6 +135,29 @@ def _export(core: torch.nn.Module, before, segment_length: int, path: Path) -> N
         partial.unlink(missing_ok=True)
 
 
+def _parts(member: torch.nn.Module) -> tuple:
+    parts = compat.htdemucs_parts(member)
+    if parts is None:
+        raise OnnxUnavailable(f"{type(member).__name__} is no HTDemucs: only HTDemucs models run on ONNX Runtime")
+    return parts
+
+
+def exported(member: torch.nn.Module, segment_length: int, folder: Path) -> Path:
+    """`member`'s network in `folder`, exported there unless it is there already."""
+    path = folder / file_name(member)
+    if not path.exists():
+        log.info("exporting %s to ONNX as %s (once per model)", type(member).__name__, path)
+        before, core, _ = _parts(member)
+        _export(core, before, segment_length, path)
+    return path
+
+
+def export_members(members: list, segment_length: int, folder: Path) -> list[Path]:
+    """Each HTDemucs of `members` exported into `folder` (what is there already is kept): what `msaas fetch-model` puts
+    beside a model's weights, so that a worker with that model directory loads the networks instead of exporting them."""
+    return [exported(member, segment_length, folder) for member in members]
+
+
 def _onnxruntime():
     """ONNX Runtime, its telemetry off unless the environment turns it on (`config.LIBRARY_DEFAULTS`)."""
     telemetry_off = config.library_defaults()["ORT_DISABLE_TELEMETRY"] == "1"  # read when ONNX Runtime starts
@@ -143,7 +173,7 @@ def _onnxruntime():
 class OnnxNetworks:
     """The networks of a Demucs model's members on ONNX Runtime, with torch's STFT and iSTFT around each."""
 
-    def __init__(self, members: list, segment_length: int, threads: int, cache: Path | None = None):
+    def __init__(self, members: list, segment_length: int, threads: int, cache: Path | None = None, prebuilt: Path | None = None):
         ort = _onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
@@ -152,18 +182,13 @@ class OnnxNetworks:
         self.segment_length = segment_length
         self.parts: dict[int, tuple] = {}  # by the member's identity (a bag's view for one track runs some of them)
         for member in members:
-            parts = compat.htdemucs_parts(member)
-            if parts is None:
-                raise OnnxUnavailable(f"{type(member).__name__} is no HTDemucs: only HTDemucs models run on ONNX Runtime")
-            before, core, after = parts
-            path = (cache or cache_dir()) / f"htdemucs-{digest(member)}.onnx"
-            if not path.exists():
-                log.info("exporting %s to ONNX as %s (once per model)", type(member).__name__, path)
+            before, _, after = _parts(member)
+            path = prebuilt / file_name(member) if prebuilt is not None else None
+            if path is None or not path.exists():  # not exported with the model's weights: exported here, once
                 try:
-                    _export(core, before, segment_length, path)
+                    path = exported(member, segment_length, cache or cache_dir())
                 except OSError:  # a read-only cache: the temporary folder, for this process
-                    path = Path(tempfile.gettempdir()) / f"msaas-onnx-{os.getpid()}" / path.name
-                    _export(core, before, segment_length, path)
+                    path = exported(member, segment_length, Path(tempfile.gettempdir()) / f"msaas-onnx-{os.getpid()}")
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.parts[id(member)] = (before, session, after)
 
