@@ -173,7 +173,10 @@ def test_auto_measures_both_engines_and_keeps_the_faster(tiny_repo, onnx_cache):
     assert low.engine == "torch" and low.onnx is None
 
 
-def test_a_worker_on_the_default_engine_says_which_it_measured_faster(settings, processes, tmp_path, onnx_cache, redis_client):
+def test_a_worker_on_the_default_engine_says_which_it_measured_faster(
+    settings, processes, tmp_path, onnx_cache, redis_client, monkeypatch
+):
+    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)  # the worker turns it off itself (set here by other tests)
     log = tmp_path / "worker.log"
     auto = settings.with_(demucs_engine="auto")
     client = start_rest(auto, processes)
