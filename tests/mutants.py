@@ -326,8 +326,8 @@ MUTANTS = [
         T + "test_inference.py::test_the_onnx_export_computes_attention_in_fused_nodes",
         "the export writes attention as MatMul and Softmax nodes again (a tenth slower, more memory)",
         "msaas/separation/onnxrt.py",
-        "torch.enable_grad(), fused_attention(core):",
-        "torch.enable_grad():",
+        "torch.inference_mode(False), grad, fused_attention(core):",
+        "torch.inference_mode(False), torch.enable_grad():",
     ),
     Mutant(
         "onnx-telemetry-on",
