@@ -67,8 +67,7 @@ def main(batches: list[int]) -> None:
                 per_chunk = (time.perf_counter() - started) / REPEAT / batch
                 first = first or per_chunk
                 reference.setdefault(batch, out)
-                ref = torch.stack(reference[batch])
-                error = float(((torch.stack(out) - ref) ** 2).sum() / (ref**2).sum())
+                error = relative_error(out, reference[batch])
                 db = f", {10 * np.log10(error):6.1f} dB from fp32" if error else ""
                 memory = f", GPU memory peak {torch.cuda.max_memory_allocated() / 2**20:,.0f} MB" if cuda else ""
                 print(
@@ -79,6 +78,14 @@ def main(batches: list[int]) -> None:
                 )
                 if COMPILE:
                     compiled_row(model, chunks, separator.device, out, per_chunk, cuda)
+
+
+def relative_error(out: list, reference: list) -> float:
+    """The energy of `out`'s difference from `reference` over `reference`'s (0.0: the same numbers)."""
+    import torch
+
+    ref = torch.stack(reference)
+    return float(((torch.stack(out) - ref) ** 2).sum() / (ref**2).sum())
 
 
 def compiled_row(model, chunks: list, device, eager_out: list, eager_per_chunk: float, cuda: bool) -> None:
@@ -104,8 +111,7 @@ def compiled_row(model, chunks: list, device, eager_out: list, eager_per_chunk: 
     for _ in range(REPEAT):
         forward(compiled, chunks, device)
     per_chunk = (time.perf_counter() - started) / REPEAT / len(chunks)
-    ref = torch.stack(eager_out)
-    error = float(((torch.stack(out) - ref) ** 2).sum() / (ref**2).sum())
+    error = relative_error(out, eager_out)
     db = f"{10 * np.log10(error):6.1f} dB" if error else "bit-exact"
     print(
         f"  compiled ({COMPILE}): {per_chunk * 1000:8.1f} ms per chunk ({eager_per_chunk / per_chunk:.2f}x eager), "

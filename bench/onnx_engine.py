@@ -70,7 +70,7 @@ def session(spec: str) -> None:
     import onnxruntime as ort
 
     from msaas.separation import Inference, cpu_budget, load_separator
-    from msaas.separation.onnxrt import cache_dir, digest
+    from msaas.separation.onnxrt import cache_dir, file_name
 
     intra, inter, mode, spin = spec.split(",")
     sep = load_separator("htdemucs", full_size_htdemucs(), "cpu", Inference(engine="onnx"))  # exported before: loads it
@@ -80,7 +80,7 @@ def session(spec: str) -> None:
     options.inter_op_num_threads = int(inter)
     options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    run = ort.InferenceSession(str(cache_dir() / f"htdemucs-{digest(member)}.onnx"), options, providers=["CPUExecutionProvider"])
+    run = ort.InferenceSession(str(cache_dir() / file_name(member)), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {i.name: rng.standard_normal([1, *i.shape[1:]]).astype(np.float32) * 0.1 for i in run.get_inputs()}
     run.run(None, feeds)
@@ -123,6 +123,14 @@ def thread_settings(run_session) -> None:
         print(f"{intra:>17} {inter:>9} {mode:>11} {spin:>9} {1000 * t:11.0f} {t / best:12.2f}x")
 
 
+def fresh(what: str, *args: str) -> dict:
+    """This script in a fresh process with `args`: the JSON line it prints last."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def difference_db(a_dir: Path, b_dir: Path) -> float:
     import numpy as np
 
@@ -160,29 +168,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="msaas-onnx-bench-"))
 
     def run(engine: str, seconds: int) -> dict:
-        cmd = [sys.executable, __file__, "--one", engine, "--out", str(work / engine), str(seconds)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"{engine} failed:\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return fresh(engine, "--one", engine, "--out", str(work / engine), str(seconds))
 
-    done = subprocess.run([sys.executable, __file__, "--export", str(work / "export")], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"the export failed:\n{done.stderr[-3000:]}")
-    exported = json.loads(done.stdout.strip().splitlines()[-1])
+    exported = fresh("the export", "--export", str(work / "export"))
     print(
         f"  export to ONNX (once per model, or by msaas fetch-model): {exported['export_s']:.1f} s, peak {exported['peak_mb']:.0f} MB"
     )
     run("onnx", 10)  # the export into the cache, once, outside the timed runs
     if args.threads:
-
-        def run_session(spec: str) -> dict:
-            done = subprocess.run([sys.executable, __file__, "--session", spec], capture_output=True, text=True)
-            if done.returncode:
-                raise SystemExit(f"session {spec} failed:\n{done.stderr[-3000:]}")
-            return json.loads(done.stdout.strip().splitlines()[-1])
-
-        thread_settings(run_session)
+        thread_settings(lambda spec: fresh(f"session {spec}", "--session", spec))
         return
     results: dict[str, list[dict]] = {name: [] for name in ENGINES}
     for name in (ENGINES + ENGINES[::-1]) * args.rounds:

@@ -44,7 +44,6 @@ class DemucsSeparator:
                 "put its weights in DEMUCS_REPO with `msaas fetch-model`"
             ) from None
         self.model = model.to(device).eval()
-        self.repo = repo
         self.device = device
         self.name = name
         self.tracks = list(model.sources)
@@ -55,7 +54,7 @@ class DemucsSeparator:
         self.precision = inference.precision
         self.shared = None  # SharedBatches, once songs in flight together share this model (share_batches)
         self.engine = "torch"  # what runs the networks: torch, or onnx (ONNX Runtime)
-        self.onnx = self._onnx(inference.engine)
+        self.onnx = self._onnx(inference.engine, repo)
         if self.onnx is not None and inference.engine == "onnx":
             self.engine = "onnx"
         if PRECISIONS[self.precision] is not None:
@@ -68,8 +67,9 @@ class DemucsSeparator:
                         self.precision,
                     )
 
-    def _onnx(self, engine: str):
-        """The networks on ONNX Runtime when `engine` asks for them (onnx, or auto to be measured) and they can run there."""
+    def _onnx(self, engine: str, repo: Path | None):
+        """The networks on ONNX Runtime when `engine` asks for them (onnx, or auto to be measured) and they can run there;
+        those `msaas fetch-model` exported into the model directory `repo`, where it did."""
         from .onnxrt import PREBUILT, OnnxNetworks, OnnxUnavailable
 
         if engine == "torch":
@@ -84,7 +84,7 @@ class DemucsSeparator:
                 )
             return None
         try:
-            prebuilt = self.repo / PREBUILT if self.repo else None  # networks exported by `msaas fetch-model`
+            prebuilt = repo / PREBUILT if repo else None
             return OnnxNetworks(self._members()[0], self.chunk_plan(1).segment_length, torch.get_num_threads(), prebuilt=prebuilt)
         except Exception as exc:  # not installed, not an HTDemucs, an export that failed: the torch path still works
             level = logging.WARNING if engine == "onnx" or not isinstance(exc, OnnxUnavailable) else logging.INFO

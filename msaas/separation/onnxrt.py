@@ -146,12 +146,11 @@ def _parts(member: torch.nn.Module) -> tuple:
     return parts
 
 
-def exported(member: torch.nn.Module, segment_length: int, folder: Path) -> Path:
-    """`member`'s network in `folder`, exported there unless it is there already."""
-    path = folder / file_name(member)
+def _exported(parts: tuple, segment_length: int, path: Path) -> Path:
+    """The network of an HTDemucs cut into `parts` at `path`, exported there unless it is there already."""
     if not path.exists():
-        log.info("exporting %s to ONNX as %s (once per model)", type(member).__name__, path)
-        before, core, _ = _parts(member)
+        log.info("exporting HTDemucs to ONNX as %s (once per model)", path)
+        before, core, _ = parts
         _export(core, before, segment_length, path)
     return path
 
@@ -159,7 +158,7 @@ def exported(member: torch.nn.Module, segment_length: int, folder: Path) -> Path
 def export_members(members: list, segment_length: int, folder: Path) -> list[Path]:
     """Each HTDemucs of `members` exported into `folder` (what is there already is kept): what `msaas fetch-model` puts
     beside a model's weights, so that a worker with that model directory loads the networks instead of exporting them."""
-    return [exported(member, segment_length, folder) for member in members]
+    return [_exported(_parts(member), segment_length, folder / file_name(member)) for member in members]
 
 
 def _onnxruntime():
@@ -186,13 +185,15 @@ class OnnxNetworks:
         self.segment_length = segment_length
         self.parts: dict[int, tuple] = {}  # by the member's identity (a bag's view for one track runs some of them)
         for member in members:
-            before, _, after = _parts(member)
-            path = prebuilt / file_name(member) if prebuilt is not None else None
+            parts = _parts(member)
+            name = file_name(member)  # a digest of its weights: taken once
+            path = prebuilt / name if prebuilt is not None else None
             if path is None or not path.exists():  # not exported with the model's weights: exported here, once
                 try:
-                    path = exported(member, segment_length, cache or cache_dir())
+                    path = _exported(parts, segment_length, (cache or cache_dir()) / name)
                 except OSError:  # a read-only cache: the temporary folder, for this process
-                    path = exported(member, segment_length, Path(tempfile.gettempdir()) / f"msaas-onnx-{os.getpid()}")
+                    path = _exported(parts, segment_length, Path(tempfile.gettempdir()) / f"msaas-onnx-{os.getpid()}" / name)
+            before, _, after = parts
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.parts[id(member)] = (before, session, after)
 
